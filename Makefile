@@ -1,0 +1,34 @@
+# Everything a fresh machine needs: `make test` (the suite), `make demo` (the end-to-end job).
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Real images from Debian packages (see docs: offline data); installed when missing.
+DATA_PACKAGES := dataset-fashion-mnist
+DATA_MARKER := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+
+.PHONY: test test-fast venv data clean
+
+# torch/torchvision are pinned to the releases served from local disk; the rest comes from pyproject.toml.
+$(VENV)/.installed: pyproject.toml requirements.txt
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+data:
+	@test -f $(DATA_MARKER) || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DATA_PACKAGES); }
+
+test: venv data
+	$(VPY) -m pytest -q
+
+# The suite without the end-to-end runs, for quick iteration.
+test-fast: venv
+	$(VPY) -m pytest -q -m 'not slow'
+
+clean:
+	rm -rf $(VENV) .pytest_cache
