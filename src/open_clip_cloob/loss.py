@@ -1,0 +1,208 @@
+"""The CLOOB loss: modern Hopfield retrieval followed by InfoLOOB (Fürst et al., NeurIPS 2022).
+
+Notation (shapes in brackets): X [N, d] image and Y [N, d] text embeddings with unit rows, N the
+global batch, ``inv_tau`` = 1/τ the inverse temperature (OpenCLIP's exponentiated ``logit_scale``),
+β the Hopfield inverse temperature. The loss is
+
+    U_x = Hop(X, X),  U_y = Hop(Y, X),  V_x = Hop(X, Y),  V_y = Hop(Y, Y)
+    L   = τ · [ ℓ(U_x, U_y) + ℓ(V_y, V_x) ]
+
+with ``Hop`` = :func:`hopfield_retrieval` and ``ℓ`` = :func:`info_loob`. Only training uses the
+Hopfield step; inference uses the plain embeddings, exactly like CLIP.
+"""
+import logging
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from open_clip.loss import gather_features
+
+_logger = logging.getLogger(__name__)
+
+
+def hopfield_retrieval(state: torch.Tensor, memory: torch.Tensor, beta: float) -> torch.Tensor:
+    """One update step of a modern Hopfield network whose stored patterns are ``memory``.
+
+    ``Hop(S, M) = rownorm(softmax_rows(β · S Mᵀ) · M)``: every state pattern retrieves a
+    softmax-weighted average of the stored patterns (the softmax runs over the stored-pattern
+    index), which is then L2-normalised again.
+
+    Args:
+        state: [n, d] state patterns (queries).
+        memory: [m, d] stored patterns (keys and values at once).
+        beta: inverse temperature β > 0 of the softmax.
+
+    Returns:
+        [n, d] retrieved patterns with unit rows.
+    """
+    attention = torch.softmax(beta * (state @ memory.T), dim=-1)
+    return F.normalize(attention @ memory, dim=-1)
+
+
+def info_loob(
+        anchors: torch.Tensor,
+        candidates: torch.Tensor,
+        inv_tau: Union[torch.Tensor, float],
+        positive_offset: int = 0,
+) -> torch.Tensor:
+    """InfoLOOB ("leave one out bound") of anchors against candidates, averaged over anchors.
+
+    ``ℓ(A, B) = (1/n) Σ_i [ −inv_tau · A_i·B_p(i) + log Σ_{j≠p(i)} exp(inv_tau · A_i·B_j) ]``
+    with positive ``p(i) = positive_offset + i``. Unlike InfoNCE the positive is left out of the
+    denominator, so the loss keeps its gradient when a positive is already close (no saturation),
+    and it is not bounded below.
+
+    Args:
+        anchors: [n, d] anchor patterns.
+        candidates: [m, d] candidate patterns, m ≥ positive_offset + n and m ≥ 2. With
+            ``positive_offset = 0`` and m = n this is the plain N x N case; a rank of a
+            ``local_loss`` run passes its own anchors, the global candidates and its row offset.
+        inv_tau: inverse temperature 1/τ (scalar).
+        positive_offset: index of the first anchor's positive among the candidates.
+
+    Returns:
+        Scalar loss.
+    """
+    n = anchors.shape[0]
+    logits = inv_tau * (anchors @ candidates.T)
+    positive_index = torch.arange(positive_offset, positive_offset + n, device=logits.device).unsqueeze(1)
+    positives = logits.gather(1, positive_index).squeeze(1)
+    negatives = logits.scatter(1, positive_index, float("-inf"))
+    return (torch.logsumexp(negatives, dim=1) - positives).mean()
+
+
+def cloob_loss(
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        inv_tau: Union[torch.Tensor, float],
+        hopfield_beta: float = 8.0,
+) -> torch.Tensor:
+    """CLOOB loss of one process holding the whole batch: ``τ · [ℓ(U_x, U_y) + ℓ(V_y, V_x)]``.
+
+    Args:
+        image_features: [N, d] L2-normalised image embeddings X.
+        text_features: [N, d] L2-normalised text embeddings Y (row i pairs with image i).
+        inv_tau: inverse temperature 1/τ (OpenCLIP's exponentiated ``logit_scale``).
+        hopfield_beta: Hopfield inverse temperature β.
+
+    Returns:
+        Scalar loss in float32 (or in the inputs' dtype when wider), also under autocast.
+    """
+    return CloobLoss(hopfield_beta=hopfield_beta)(image_features, text_features, inv_tau)
+
+
+class CloobLoss(nn.Module):
+    """CLOOB loss with the constructor and ``forward`` signature of OpenCLIP's ``ClipLoss``.
+
+    Under data parallelism every rank's features are gathered first (OpenCLIP's
+    ``gather_features``) and the Hopfield memory is the global batch, so the loss value is the
+    one a single process computes on the concatenated global batch:
+
+    - default (``local_loss=False``): every rank computes the full N x N loss. Without
+      ``gather_with_grad`` only the rank's own rows carry gradient, so DDP's averaged gradient is
+      the single-process gradient divided by ``world_size``, as with ``ClipLoss``; with
+      ``gather_with_grad`` it is the single-process gradient.
+    - ``local_loss=True``: a rank retrieves only for its own rows (states) from the global memory,
+      gathers the retrieved candidates, and scores its own anchors against them: O(N_local·N·d)
+      work per rank. Each rank's value covers its own anchors; the mean over ranks is the global
+      loss. Use it with ``gather_with_grad`` for the exact gradient.
+
+    Args:
+        hopfield_beta: Hopfield inverse temperature β > 0 (paper: 8 for CC3M).
+        local_loss, gather_with_grad, rank, world_size, use_horovod: as in ``ClipLoss``.
+        cache_labels: accepted for ``ClipLoss`` compatibility; CLOOB has no label tensor to cache.
+    """
+
+    def __init__(
+            self,
+            hopfield_beta: float = 8.0,
+            local_loss: bool = False,
+            gather_with_grad: bool = False,
+            cache_labels: bool = False,
+            rank: int = 0,
+            world_size: int = 1,
+            use_horovod: bool = False,
+    ):
+        super().__init__()
+        if not hopfield_beta > 0:
+            raise ValueError(f"hopfield_beta must be > 0, got {hopfield_beta}")
+        self.hopfield_beta = float(hopfield_beta)
+        self.local_loss = local_loss
+        self.gather_with_grad = gather_with_grad
+        self.cache_labels = cache_labels
+        self.rank = rank
+        self.world_size = world_size
+        self.use_horovod = use_horovod
+        if local_loss and world_size > 1 and not gather_with_grad:
+            _logger.warning(
+                "CloobLoss(local_loss=True, gather_with_grad=False): as with ClipLoss, gradients from "
+                "other ranks' anchors are dropped; add --gather-with-grad for the exact gradient.")
+
+    def _gather(self, first: torch.Tensor, second: torch.Tensor):
+        """All-gather two [n, d] tensors to [n·world_size, d], keeping this rank's rows' gradient."""
+        return gather_features(
+            first, second, local_loss=False, gather_with_grad=self.gather_with_grad,
+            rank=self.rank, world_size=self.world_size, use_horovod=self.use_horovod)
+
+    def forward(
+            self,
+            image_features: torch.Tensor,
+            text_features: torch.Tensor,
+            logit_scale: Union[torch.Tensor, float],
+            logit_bias: Optional[torch.Tensor] = None,
+            output_dict: bool = False,
+            **kwargs,
+    ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """CLOOB loss of this rank.
+
+        Args:
+            image_features: [n, d] this rank's L2-normalised image embeddings.
+            text_features: [n, d] this rank's L2-normalised text embeddings.
+            logit_scale: inverse temperature 1/τ, already exponentiated (OpenCLIP's model output).
+            logit_bias: must be None; CLOOB has no logit bias (a SigLIP-style model is a mistake).
+            output_dict: return ``{"cloob_loss": L}`` instead of the scalar, as OpenCLIP's loop expects.
+            kwargs: further model outputs, ignored.
+        """
+        if logit_bias is not None:
+            raise ValueError("CloobLoss got a logit_bias: CLOOB has none; use a model without logit bias")
+        if image_features.ndim != 2 or image_features.shape != text_features.shape:
+            raise ValueError(
+                "image_features and text_features must both have shape [batch, dim]; got "
+                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+        local_batch = image_features.shape[0]
+        if local_batch * self.world_size < 2:
+            raise ValueError(
+                f"CLOOB needs a global batch of at least 2 (InfoLOOB has no negative otherwise); "
+                f"got {local_batch} x {self.world_size} rank(s)")
+
+        # The loss runs in float32 or wider even under fp16/bf16 autocast: softmax and logsumexp
+        # over a large batch lose too much in half precision.
+        dtype = torch.promote_types(image_features.dtype, torch.float32)
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            image = image_features.to(dtype)
+            text = text_features.to(dtype)
+            inv_tau = torch.as_tensor(logit_scale, device=image.device).to(dtype)
+            loss = self._loss(image, text, inv_tau)
+        return {"cloob_loss": loss} if output_dict else loss
+
+    def _loss(self, image: torch.Tensor, text: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
+        distributed = self.world_size > 1
+        image_memory, text_memory = self._gather(image, text) if distributed else (image, text)
+        local = distributed and self.local_loss
+        image_states, text_states = (image, text) if local else (image_memory, text_memory)
+
+        beta = self.hopfield_beta
+        image_from_images = hopfield_retrieval(image_states, image_memory, beta)  # U_x
+        text_from_images = hopfield_retrieval(text_states, image_memory, beta)  # U_y
+        image_from_texts = hopfield_retrieval(image_states, text_memory, beta)  # V_x
+        text_from_texts = hopfield_retrieval(text_states, text_memory, beta)  # V_y
+
+        offset = 0
+        if local:
+            # Candidates are global: gather the retrieved patterns (with gradient when asked).
+            text_from_images, image_from_texts = self._gather(text_from_images, image_from_texts)
+            offset = self.rank * image.shape[0]
+        loss = (info_loob(image_from_images, text_from_images, inv_tau, offset)
+                + info_loob(text_from_texts, image_from_texts, inv_tau, offset))
+        return loss / inv_tau

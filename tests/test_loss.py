@@ -1,0 +1,184 @@
+"""CloobLoss, hopfield_retrieval and info_loob against the float64 reference and the spec's properties."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cloob_reference import reference_cloob, reference_hopfield, reference_info_loob, unit_rows
+from open_clip_cloob import CloobLoss, cloob_loss, hopfield_retrieval, info_loob
+
+CASES = [  # N, d, beta, inv_tau
+    (2, 3, 8.0, 30.0),
+    (5, 8, 1.0, 1.0),
+    (7, 16, 14.3, 14.3),
+    (16, 32, 8.0, 100.0),
+    (12, 4, 0.5, 30.0),
+]
+
+
+def _loss_and_grads(fn, x, y, inv_tau):
+    x = x.clone().requires_grad_(True)
+    y = y.clone().requires_grad_(True)
+    scale = torch.tensor(inv_tau, dtype=x.dtype, requires_grad=True)
+    loss = fn(x, y, scale)
+    loss.backward()
+    return loss.detach(), x.grad, y.grad, scale.grad
+
+
+@pytest.mark.parametrize("n,d,beta,inv_tau", CASES)
+def test_float64_matches_reference(n, d, beta, inv_tau):
+    x, y = unit_rows(n, d, seed=n), unit_rows(n, d, seed=n + 100)
+    ours = _loss_and_grads(CloobLoss(hopfield_beta=beta), x, y, inv_tau)
+    ref = _loss_and_grads(lambda a, b, s: reference_cloob(a, b, s, beta), x, y, inv_tau)
+    assert ours[0].dtype == torch.float64
+    for got, want in zip(ours, ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,d,beta,inv_tau", CASES)
+def test_float32_matches_float64_reference(n, d, beta, inv_tau):
+    x, y = unit_rows(n, d, seed=n), unit_rows(n, d, seed=n + 100)
+    ours = _loss_and_grads(CloobLoss(hopfield_beta=beta), x.float(), y.float(), inv_tau)
+    ref = _loss_and_grads(lambda a, b, s: reference_cloob(a, b, s, beta), x, y, inv_tau)
+    assert ours[0].dtype == torch.float32
+    # float32 rounding of inv_tau·similarity (up to 100) through exp/log: ~1e-5 relative.
+    for got, want in zip(ours, ref):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_functional_matches_module():
+    x, y = unit_rows(9, 6, seed=1), unit_rows(9, 6, seed=2)
+    assert cloob_loss(x, y, 30.0, 8.0) == CloobLoss(hopfield_beta=8.0)(x, y, torch.tensor(30.0, dtype=x.dtype))
+
+
+def test_building_blocks_match_reference():
+    s, m = unit_rows(5, 7, seed=3), unit_rows(9, 7, seed=4)
+    torch.testing.assert_close(hopfield_retrieval(s, m, 3.0), reference_hopfield(s, m, 3.0), rtol=1e-12, atol=1e-12)
+    a, b = unit_rows(9, 7, seed=5), unit_rows(9, 7, seed=6)
+    torch.testing.assert_close(info_loob(a, b, 20.0), reference_info_loob(a, b, 20.0), rtol=1e-12, atol=1e-12)
+
+
+def test_info_loob_offset_scores_a_slice_of_anchors_against_all_candidates():
+    a, b = unit_rows(8, 5, seed=7), unit_rows(8, 5, seed=8)
+    torch.testing.assert_close(info_loob(a[3:6], b, 10.0, positive_offset=3),
+                               reference_info_loob(a, b, 10.0, anchor_indices=[3, 4, 5]), rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_float64():
+    x, y = unit_rows(4, 5, seed=9).requires_grad_(), unit_rows(4, 5, seed=10).requires_grad_()
+    scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(CloobLoss(hopfield_beta=3.0), (x, y, scale))
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties from the spec
+
+
+def test_permutation_of_both_modalities_leaves_loss_unchanged():
+    x, y = unit_rows(11, 6, seed=11), unit_rows(11, 6, seed=12)
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(perm, torch.arange(11))
+    torch.testing.assert_close(cloob_loss(x[perm], y[perm], 30.0), cloob_loss(x, y, 30.0), rtol=1e-12, atol=1e-12)
+
+
+def test_retrieval_small_beta_tends_to_normalised_mean_of_memory():
+    s, m = unit_rows(6, 5, seed=13), unit_rows(10, 5, seed=14)
+    mean = F.normalize(m.mean(dim=0), dim=0).expand(6, -1)
+    torch.testing.assert_close(hopfield_retrieval(s, m, 1e-9), mean, rtol=0, atol=1e-8)
+    assert not torch.allclose(hopfield_retrieval(s, m, 1.0), mean, atol=1e-3)
+
+
+def test_retrieval_large_beta_with_state_equal_memory_returns_state():
+    m = unit_rows(10, 5, seed=15)
+    torch.testing.assert_close(hopfield_retrieval(m, m, 1e4), m, rtol=0, atol=1e-10)
+
+
+def test_zero_similarities_give_log_n_minus_one():
+    n, d = 6, 12
+    a = torch.eye(d, dtype=torch.float64)[:n]
+    b = torch.eye(d, dtype=torch.float64)[n:2 * n]
+    torch.testing.assert_close(info_loob(a, b, 30.0), torch.tensor(math.log(n - 1), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n", [2, 64, 512])
+def test_collinear_embeddings_give_the_zero_similarity_value(n):
+    # Identical embeddings make every retrieval identical: positives and negatives score alike,
+    # which is where an untrained model starts (spec: 0.416 for N = 512, inv_tau = 30).
+    x = F.normalize(torch.ones(n, 16), dim=-1)
+    expected = 2 * math.log(n - 1) / 30.0
+    torch.testing.assert_close(cloob_loss(x, x, 30.0).item(), expected, rtol=1e-5, atol=1e-6)
+    if n == 512:
+        assert round(expected, 3) == 0.416
+
+
+@pytest.mark.parametrize("delta", [0.1, 5.0, 100.0])
+def test_raising_a_positive_lowers_loss_by_delta_over_n_without_saturation(delta):
+    # Orthogonal anchors let B_i move along A_i: A_i·B_i rises by delta, every A_j·B_i (j != i) stays.
+    n, d, inv_tau = 6, 10, 30.0
+    anchors = torch.eye(d, dtype=torch.float64)[:n]
+    candidates = unit_rows(n, d, seed=16)
+    raised = candidates.clone()
+    raised[2] += delta * anchors[2]
+    before = info_loob(anchors, candidates, inv_tau) / inv_tau
+    after = info_loob(anchors, raised, inv_tau) / inv_tau
+    torch.testing.assert_close(before - after, torch.tensor(delta / n, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+def test_loss_goes_negative_for_well_separated_pairs():
+    x = torch.eye(8, dtype=torch.float64)  # x_i = y_i, all pairs orthogonal
+    loss = cloob_loss(x, x, 30.0, 50.0)
+    # Hop returns X itself, so L = 2 (τ log(N-1) - 1) = 2 (log 7 / 30 - 1).
+    torch.testing.assert_close(loss, torch.tensor(2 * (math.log(7) / 30 - 1), dtype=torch.float64))
+    assert loss < 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and input checks
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_autocast_inputs_are_computed_in_float32(half):
+    x, y = unit_rows(32, 16, seed=17).to(half), unit_rows(32, 16, seed=18).to(half)
+    with torch.autocast("cpu", dtype=half):
+        got = cloob_loss(x, y, torch.tensor(30.0))
+    want = cloob_loss(x.float(), y.float(), torch.tensor(30.0))
+    assert got.dtype == torch.float32
+    # The same inputs in float32: only summation order differs. Half-precision internals would be
+    # off by ~1e-2 (bf16 keeps 8 bits of mantissa).
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_autocast_gradients_reach_half_precision_features():
+    x = unit_rows(8, 4, seed=19).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cloob_loss(x, x.detach(), torch.tensor(30.0)).backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_output_dict_key():
+    x = unit_rows(4, 3, seed=20)
+    out = CloobLoss()(x, x, torch.tensor(30.0, dtype=x.dtype), output_dict=True)
+    assert list(out) == ["cloob_loss"]
+
+
+@pytest.mark.parametrize("x,y,message", [
+    (torch.zeros(4, 3), torch.zeros(5, 3), r"same shape|shape \[batch, dim\]"),
+    (torch.zeros(4), torch.zeros(4), r"shape \[batch, dim\]"),
+    (torch.zeros(1, 3), torch.zeros(1, 3), "at least 2"),
+])
+def test_bad_features_raise(x, y, message):
+    with pytest.raises(ValueError, match=message):
+        CloobLoss()(x, y, torch.tensor(30.0))
+
+
+@pytest.mark.parametrize("beta", [0.0, -1.0, float("nan")])
+def test_bad_beta_raises(beta):
+    with pytest.raises(ValueError, match="hopfield_beta"):
+        CloobLoss(hopfield_beta=beta)
+
+
+def test_logit_bias_is_refused():
+    x = unit_rows(4, 3, seed=21)
+    with pytest.raises(ValueError, match="logit_bias"):
+        CloobLoss()(x, x, torch.tensor(30.0), logit_bias=torch.tensor(-10.0))
