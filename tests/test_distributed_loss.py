@@ -7,7 +7,7 @@ gradients pushed through its own rows, so the relations below are stated on feat
 
 - with gather_with_grad (local or not): rank gradients / world_size == single-process gradient;
 - default mode (gather without grad): rank gradients == single-process gradient;
-- every mode: rank values (mean over ranks with local_loss) == single-process value, and the
+- every mode, direct and memory-efficient path: rank values (mean over ranks with local_loss) == single-process value, and the
   mean of the ranks' temperature gradients == the single-process temperature gradient.
 """
 import os
@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from cloob_reference import reference_cloob, unit_rows
+import open_clip_cloob.loss as cloob_loss_module
 from open_clip_cloob import CloobLoss
 
 MODES = [  # local_loss, gather_with_grad
@@ -35,7 +36,9 @@ def _global_batch(world_size):
     return unit_rows(n, DIM, seed=world_size), unit_rows(n, DIM, seed=world_size + 50)
 
 
-def _worker(rank, world_size, port, out_dir):
+def _worker(rank, world_size, port, out_dir, memory_efficient):
+    # A tiny chunk budget makes the memory-efficient path run several odd-sized chunks.
+    cloob_loss_module.CHUNK_ELEMENTS = 5 * LOCAL_BATCH * world_size
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     image, text = _global_batch(world_size)
@@ -46,7 +49,7 @@ def _worker(rank, world_size, port, out_dir):
         y = text[rows].clone().requires_grad_()
         scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
         loss_fn = CloobLoss(hopfield_beta=BETA, local_loss=local_loss, gather_with_grad=gather_with_grad,
-                            rank=rank, world_size=world_size)
+                            rank=rank, world_size=world_size, memory_efficient=memory_efficient)
         loss = loss_fn(x, y, scale)
         loss.backward()
         results[(local_loss, gather_with_grad)] = (loss.detach(), x.grad, y.grad, scale.grad)
@@ -68,11 +71,12 @@ def _single_process(image, text, anchor_indices=None):
     return loss.detach(), x.grad, y.grad, scale.grad
 
 
-@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
+@pytest.fixture(scope="module", params=[(2, False), (4, False), (2, True), (4, True)],
+                ids=lambda p: f"world{p[0]}-{'chunked' if p[1] else 'direct'}")
 def distributed_run(request, tmp_path_factory):
-    world_size = request.param
+    world_size, memory_efficient = request.param
     out_dir = tmp_path_factory.mktemp(f"world{world_size}")
-    mp.spawn(_worker, args=(world_size, _free_port(), str(out_dir)), nprocs=world_size, join=True)
+    mp.spawn(_worker, args=(world_size, _free_port(), str(out_dir), memory_efficient), nprocs=world_size, join=True)
     ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]
     return world_size, ranks
 

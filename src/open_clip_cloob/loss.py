@@ -11,17 +11,111 @@ with ``Hop`` = :func:`hopfield_retrieval` and ``ℓ`` = :func:`info_loob`. Only 
 Hopfield step; inference uses the plain embeddings, exactly like CLIP.
 """
 import logging
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from open_clip.loss import gather_features
 
 _logger = logging.getLogger(__name__)
 
 
-def hopfield_retrieval(state: torch.Tensor, memory: torch.Tensor, beta: float) -> torch.Tensor:
+# Largest [rows, memory] block the chunked path materialises (64 MiB in float32). The automatic
+# choice uses the direct path while its biggest matrix stays within this budget.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(n: int, chunk_size: int):
+    return (slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size))
+
+
+def chunk_rows(n_memory: int) -> int:
+    """Rows per chunk so that a [rows, n_memory] block holds at most ``CHUNK_ELEMENTS`` (≥ 1 row)."""
+    return max(1, CHUNK_ELEMENTS // n_memory)
+
+
+class _ChunkedRetrieval(torch.autograd.Function):
+    """softmax_rows(β S Mᵀ) M, ``chunk_size`` state rows at a time; backward recomputes each block
+    from the saved row log-sum-exps (FlashAttention's scheme) instead of storing [n, m]."""
+
+    @staticmethod
+    def forward(ctx, state, memory, beta, chunk_size):
+        out = state.new_empty(state.shape[0], memory.shape[1])
+        lse = state.new_empty(state.shape[0])
+        for rows in _chunks(state.shape[0], chunk_size):
+            probs = torch.mm(state[rows], memory.T).mul_(beta)
+            lse[rows] = torch.logsumexp(probs, dim=1)
+            probs.sub_(lse[rows, None]).exp_()
+            torch.mm(probs, memory, out=out[rows])
+        ctx.save_for_backward(state, memory, out, lse)
+        ctx.beta, ctx.chunk_size = beta, chunk_size
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        state, memory, out, lse = ctx.saved_tensors
+        beta = ctx.beta
+        # d softmax: dScores = P ∘ (dP − rowsum(dP ∘ P)), with rowsum(dP ∘ P) = dO_i · O_i.
+        delta = (grad_out * out).sum(dim=1, keepdim=True)
+        grad_state = torch.empty_like(state)
+        grad_memory = torch.zeros_like(memory)
+        for rows in _chunks(state.shape[0], ctx.chunk_size):
+            probs = torch.addmm(lse[rows, None], state[rows], memory.T, beta=-1, alpha=beta).exp_()
+            grad_memory.addmm_(probs.T, grad_out[rows])  # memory as values
+            grad_scores = torch.mm(grad_out[rows], memory.T).sub_(delta[rows]).mul_(probs)
+            torch.mm(grad_scores, memory, out=grad_state[rows]).mul_(beta)
+            grad_memory.addmm_(grad_scores.T, state[rows], alpha=beta)  # memory as keys
+        return grad_state, grad_memory, None, None
+
+
+class _ChunkedLeaveOneOutLogSumExp(torch.autograd.Function):
+    """Row i: log Σ_{j≠offset+i} exp(inv_tau A_i·B_j), ``chunk_size`` anchors at a time, with
+    recomputation in backward."""
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, inv_tau, offset, chunk_size):
+        lse = anchors.new_empty(anchors.shape[0])
+        for rows in _chunks(anchors.shape[0], chunk_size):
+            logits = torch.mm(anchors[rows], candidates.T).mul_(inv_tau)
+            lse[rows] = torch.logsumexp(_mask_positives(logits, rows.start + offset), dim=1)
+        ctx.save_for_backward(anchors, candidates, inv_tau, lse)
+        ctx.offset, ctx.chunk_size = offset, chunk_size
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_lse):
+        anchors, candidates, inv_tau, lse = ctx.saved_tensors
+        grad_anchors = torch.empty_like(anchors)
+        grad_candidates = torch.zeros_like(candidates)
+        grad_inv_tau = torch.zeros_like(inv_tau)
+        for rows in _chunks(anchors.shape[0], ctx.chunk_size):
+            similarities = torch.mm(anchors[rows], candidates.T)
+            weights = _mask_positives(similarities * inv_tau, rows.start + ctx.offset)
+            weights.sub_(lse[rows, None]).exp_().mul_(grad_lse[rows, None])  # g_i · softmax_{j≠p(i)}
+            if ctx.needs_input_grad[2]:
+                grad_inv_tau += (weights * similarities).sum()
+            weights.mul_(inv_tau)
+            torch.mm(weights, candidates, out=grad_anchors[rows])
+            grad_candidates.addmm_(weights.T, anchors[rows])
+        return grad_anchors, grad_candidates, grad_inv_tau, None, None
+
+
+def _mask_positives(logits: torch.Tensor, first_positive: int) -> torch.Tensor:
+    """Set logits[i, first_positive + i] to −inf in place (the left-out positives) and return it."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits.index_put_((rows, rows + first_positive), logits.new_tensor(float("-inf")))
+
+
+def hopfield_retrieval(
+        state: torch.Tensor,
+        memory: torch.Tensor,
+        beta: float,
+        chunk_size: Optional[int] = None,
+) -> torch.Tensor:
     """One update step of a modern Hopfield network whose stored patterns are ``memory``.
 
     ``Hop(S, M) = rownorm(softmax_rows(β · S Mᵀ) · M)``: every state pattern retrieves a
@@ -32,12 +126,36 @@ def hopfield_retrieval(state: torch.Tensor, memory: torch.Tensor, beta: float) -
         state: [n, d] state patterns (queries).
         memory: [m, d] stored patterns (keys and values at once).
         beta: inverse temperature β > 0 of the softmax.
+        chunk_size: None computes the [n, m] attention at once. An int processes that many state
+            rows at a time and recomputes them in backward: memory O((n + m)·d + chunk_size·m),
+            about 7 instead of 6 [n, m, d] matrix products for forward + backward.
 
     Returns:
         [n, d] retrieved patterns with unit rows.
     """
-    attention = torch.softmax(beta * (state @ memory.T), dim=-1)
-    return F.normalize(attention @ memory, dim=-1)
+    if chunk_size is None:
+        retrieved = torch.softmax(beta * (state @ memory.T), dim=-1) @ memory
+    else:
+        retrieved = _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
+    return F.normalize(retrieved, dim=-1)
+
+
+def cross_hopfield_retrieval(
+        image: torch.Tensor, text: torch.Tensor, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(Hop(Y, X), Hop(X, Y))`` from one similarity product: Y Xᵀ and X Yᵀ are transposes.
+
+    Args:
+        image: [n, d] image patterns X (states of the second retrieval, memory of the first).
+        text: [n, d] text patterns Y.
+        beta: inverse temperature β > 0.
+
+    Returns:
+        [n, d] texts retrieved from image memory, [n, d] images retrieved from text memory.
+    """
+    scores = beta * (text @ image.T)  # [n_text, n_image]
+    text_from_images = torch.softmax(scores, dim=1) @ image
+    image_from_texts = torch.softmax(scores, dim=0).T @ text
+    return F.normalize(text_from_images, dim=-1), F.normalize(image_from_texts, dim=-1)
 
 
 def info_loob(
@@ -45,6 +163,7 @@ def info_loob(
         candidates: torch.Tensor,
         inv_tau: Union[torch.Tensor, float],
         positive_offset: int = 0,
+        chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """InfoLOOB ("leave one out bound") of anchors against candidates, averaged over anchors.
 
@@ -60,16 +179,20 @@ def info_loob(
             ``local_loss`` run passes its own anchors, the global candidates and its row offset.
         inv_tau: inverse temperature 1/τ (scalar).
         positive_offset: index of the first anchor's positive among the candidates.
+        chunk_size: None computes the [n, m] logits at once; an int processes that many anchors at
+            a time and recomputes them in backward (memory O((n + m)·d + chunk_size·m)).
 
     Returns:
         Scalar loss.
     """
     n = anchors.shape[0]
-    logits = inv_tau * (anchors @ candidates.T)
-    positive_index = torch.arange(positive_offset, positive_offset + n, device=logits.device).unsqueeze(1)
-    positives = logits.gather(1, positive_index).squeeze(1)
-    negatives = logits.scatter(1, positive_index, float("-inf"))
-    return (torch.logsumexp(negatives, dim=1) - positives).mean()
+    inv_tau = torch.as_tensor(inv_tau, dtype=anchors.dtype, device=anchors.device)
+    positives = inv_tau * (anchors * candidates[positive_offset:positive_offset + n]).sum(dim=1)
+    if chunk_size is None:
+        log_sum_exp = torch.logsumexp(_mask_positives(inv_tau * (anchors @ candidates.T), positive_offset), dim=1)
+    else:
+        log_sum_exp = _ChunkedLeaveOneOutLogSumExp.apply(anchors, candidates, inv_tau, positive_offset, chunk_size)
+    return (log_sum_exp - positives).mean()
 
 
 def cloob_loss(
@@ -112,6 +235,11 @@ class CloobLoss(nn.Module):
         hopfield_beta: Hopfield inverse temperature β > 0 (paper: 8 for CC3M).
         local_loss, gather_with_grad, rank, world_size, use_horovod: as in ``ClipLoss``.
         cache_labels: accepted for ``ClipLoss`` compatibility; CLOOB has no label tensor to cache.
+        memory_efficient: True computes every retrieval and InfoLOOB in row chunks with
+            recomputation in backward, never holding a [rows, N] block above ``CHUNK_ELEMENTS``
+            (memory linear in N); False materialises the [N, N] matrices (and computes X Yᵀ once
+            for both cross-modal retrievals); None (default) picks the chunked path once a
+            [rows, N] matrix of the direct path would exceed ``CHUNK_ELEMENTS``.
     """
 
     def __init__(
@@ -123,6 +251,7 @@ class CloobLoss(nn.Module):
             rank: int = 0,
             world_size: int = 1,
             use_horovod: bool = False,
+            memory_efficient: Optional[bool] = None,
     ):
         super().__init__()
         if not hopfield_beta > 0:
@@ -134,6 +263,7 @@ class CloobLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
         self.use_horovod = use_horovod
+        self.memory_efficient = memory_efficient
         if local_loss and world_size > 1 and not gather_with_grad:
             _logger.warning(
                 "CloobLoss(local_loss=True, gather_with_grad=False): as with ClipLoss, gradients from "
@@ -193,16 +323,29 @@ class CloobLoss(nn.Module):
         image_states, text_states = (image, text) if local else (image_memory, text_memory)
 
         beta = self.hopfield_beta
-        image_from_images = hopfield_retrieval(image_states, image_memory, beta)  # U_x
-        text_from_images = hopfield_retrieval(text_states, image_memory, beta)  # U_y
-        image_from_texts = hopfield_retrieval(image_states, text_memory, beta)  # V_x
-        text_from_texts = hopfield_retrieval(text_states, text_memory, beta)  # V_y
+        chunk_size = self._chunk_size(image_states.shape[0], image_memory.shape[0])
+        if chunk_size is None and not local:
+            image_from_images = hopfield_retrieval(image_memory, image_memory, beta)  # U_x
+            text_from_images, image_from_texts = cross_hopfield_retrieval(image_memory, text_memory, beta)  # U_y, V_x
+            text_from_texts = hopfield_retrieval(text_memory, text_memory, beta)  # V_y
+        else:
+            # Both modalities query one memory at once: [x; y] against X gives U_x and U_y.
+            states = torch.cat([image_states, text_states])
+            image_from_images, text_from_images = hopfield_retrieval(states, image_memory, beta, chunk_size).chunk(2)
+            image_from_texts, text_from_texts = hopfield_retrieval(states, text_memory, beta, chunk_size).chunk(2)
 
         offset = 0
         if local:
             # Candidates are global: gather the retrieved patterns (with gradient when asked).
             text_from_images, image_from_texts = self._gather(text_from_images, image_from_texts)
             offset = self.rank * image.shape[0]
-        loss = (info_loob(image_from_images, text_from_images, inv_tau, offset)
-                + info_loob(text_from_texts, image_from_texts, inv_tau, offset))
+        loss = (info_loob(image_from_images, text_from_images, inv_tau, offset, chunk_size)
+                + info_loob(text_from_texts, image_from_texts, inv_tau, offset, chunk_size))
         return loss / inv_tau
+
+    def _chunk_size(self, n_states: int, n_memory: int) -> Optional[int]:
+        """Rows per chunk for the memory-efficient path, or None for the direct path."""
+        use_chunks = self.memory_efficient
+        if use_chunks is None:
+            use_chunks = n_states * n_memory > CHUNK_ELEMENTS
+        return chunk_rows(n_memory) if use_chunks else None
