@@ -1,18 +1,27 @@
 """CLOOB (modern Hopfield networks + InfoLOOB, Fürst et al., NeurIPS 2022) for OpenCLIP.
 
 Importing this package registers the CLOOB model configs (``RN50-cloob``, ``ViT-B-16-cloob``, ...)
-in OpenCLIP's factory, so ``open_clip.create_model('RN50-cloob')`` works afterwards.
+and the authors' pretrained tags (``yfcc15m``) in OpenCLIP's factory, so
+``open_clip.create_model('RN50-cloob', pretrained='yfcc15m')`` works afterwards.
 """
-from .loss import CloobLoss, cloob_loss, hopfield_retrieval, info_loob
+from .convert import convert_cloob_checkpoint
+from .export import export_model_folder
+from .loss import CloobLoss, cloob_loss, cross_hopfield_retrieval, hopfield_retrieval, info_loob
+from .pretrained import register_pretrained_tags
 from .registry import list_cloob_models, register_model_configs
 
 register_model_configs()
+register_pretrained_tags()
 
 __all__ = [
     "CloobLoss",
     "cloob_loss",
+    "convert_cloob_checkpoint",
+    "cross_hopfield_retrieval",
+    "export_model_folder",
     "hopfield_retrieval",
     "info_loob",
     "list_cloob_models",
     "register_model_configs",
+    "register_pretrained_tags",
 ]

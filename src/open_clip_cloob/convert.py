@@ -1,0 +1,392 @@
+"""Turn CLOOB checkpoints into OpenCLIP state dicts: the authors' original files and our own.
+
+Understood inputs (a path or an already loaded dict):
+
+- **original** checkpoints of the reference implementation (ml-jku/cloob, an OpenCLIP fork of late
+  2021), e.g. the released ``cloob_rn50_yfcc_epoch_28.pt``: a dict with ``state_dict`` (keys
+  prefixed ``module.``), ``epoch``, ``name``, often ``optimizer``, ``model_config_file``, in older
+  files ``method``, in newer ones ``scheduler``. The text tower sits under ``transformer.*`` and the temperature is
+  ``logit_inv_tau``; older files also hold ``logit_scale_hopfield`` (log β);
+- **OpenCLIP** checkpoints: training checkpoints (``epoch``, ``name``, ``state_dict``,
+  ``optimizer``, ``scaler``; keys prefixed ``module.`` under DDP), bare state dicts and the files
+  this module writes (``.safetensors`` or ``.pt``).
+
+CLOOB metadata and hyperparameters (``hopfield_beta``, ``init_inv_tau``, ...; JSON scalars) are read
+from a ``cloob`` dict, at the top level (converted files) or inside the optimizer state (where
+``training.main`` records its settings); they are passed on in ``meta`` and written into converted files.
+
+Loading never executes pickled code (``torch.load(weights_only=True)``). Anything not understood is
+refused with an error naming the file and the key. The architecture is detected by comparing every
+key and shape with the CLOOB model configs, instantiated on PyTorch's ``meta`` device (no memory,
+no initialisation cost); ``model_name`` restricts the comparison to one OpenCLIP model name
+(registered names and ``local-dir:`` folders both work).
+
+Command line (writes ``.safetensors``, or a ``{"state_dict", "cloob"}`` torch file for other
+suffixes; either loads with ``open_clip.create_model('RN50-cloob', pretrained=DST)``)::
+
+    python -m open_clip_cloob.convert cloob_rn50_yfcc_epoch_28.pt rn50-cloob-yfcc15m.safetensors
+"""
+import argparse
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+import open_clip
+from open_clip.constants import HF_CONFIG_NAME
+import safetensors
+import safetensors.torch
+import torch
+
+from .registry import CLOOB_SUFFIX, list_cloob_models
+
+_logger = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+PathOrDict = Union[str, os.PathLike, Mapping[str, Any]]
+
+META_KEY = "cloob"
+"""Checkpoint entry (and safetensors metadata field) holding CLOOB metadata and hyperparameters."""
+
+# Top-level entries a checkpoint may have besides the weights. Their values are metadata (or
+# training state we drop); anything else is refused rather than silently lost.
+KNOWN_TOP_LEVEL_KEYS = ("state_dict", "epoch", "name", "optimizer", "scheduler", "scaler", "model_config_file",
+                        "method", META_KEY)
+
+# The original text tower is a module called `transformer` holding its own `transformer`; OpenCLIP
+# keeps the text tower's parts at the top level of `CLIP`.
+_ORIGINAL_PREFIX_RENAMES = (
+    ("visual.", "visual."),
+    ("transformer.transformer.", "transformer."),
+    ("transformer.token_embedding.", "token_embedding."),
+    ("transformer.ln_final.", "ln_final."),
+)
+_ORIGINAL_KEY_RENAMES = {
+    "transformer.positional_embedding": "positional_embedding",
+    "transformer.text_projection": "text_projection",
+    "logit_inv_tau": "logit_scale",
+}
+ORIGINAL_HOPFIELD_KEY = "logit_scale_hopfield"  # log β; a loss constant, not a model parameter
+_MODULE_PREFIX = "module."
+LOCAL_DIR_PREFIX = "local-dir:"  # OpenCLIP's schema for model folders
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and the offending key."""
+
+
+def load_checkpoint_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read a checkpoint without executing pickled code.
+
+    ``.safetensors`` files come back as ``{"state_dict": tensors}`` plus ``{"cloob": meta}`` when
+    their metadata has it; anything else goes through ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any object that is not a tensor or a plain container: that is the
+        # point (a downloaded file must not run code), so say so instead of suggesting a bypass.
+        raise CheckpointError(
+            f"{path}: refusing to load objects other than tensors and plain Python values "
+            f"(torch.load weights_only=True): {str(error).splitlines()[0]}"
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{path}: expected a dict (a checkpoint or a state dict), got {type(checkpoint).__name__}")
+    return checkpoint
+
+
+def _load_safetensors(path: Path) -> Dict[str, Any]:
+    checkpoint: Dict[str, Any] = {"state_dict": safetensors.torch.load_file(str(path), device="cpu")}
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if META_KEY in metadata:
+        try:
+            checkpoint[META_KEY] = json.loads(metadata[META_KEY])
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{path}: metadata field {META_KEY!r} is not valid JSON: {error}") from error
+    return checkpoint
+
+
+def convert_cloob_checkpoint(
+        path_or_dict: PathOrDict,
+        model_name: Optional[str] = None,
+) -> Tuple[StateDict, Dict[str, Any]]:
+    """Convert a CLOOB checkpoint (original layout or OpenCLIP's) into an OpenCLIP state dict.
+
+    Args:
+        path_or_dict: a checkpoint file or an already loaded checkpoint dict / state dict.
+        model_name: OpenCLIP model name (or ``local-dir:DIR``) the weights must fit; detected from
+            the checkpoint among the CLOOB configs when omitted.
+
+    Returns:
+        ``(state_dict, meta)``: the state dict loads strictly into ``open_clip.create_model(
+        meta["model"])``; ``meta`` holds ``model``, ``inv_tau`` (= exp(logit_scale)),
+        ``hopfield_beta`` (None where the checkpoint does not record it), ``epoch``, ``name``,
+        ``source_format`` (``"original"`` or ``"open_clip"``) and any CLOOB hyperparameters the
+        checkpoint carries.
+
+    Raises:
+        CheckpointError: unknown or malformed keys, values or architecture, naming them.
+    """
+    if isinstance(path_or_dict, Mapping):
+        source, checkpoint = "<checkpoint dict>", dict(path_or_dict)
+    else:
+        source, checkpoint = str(path_or_dict), load_checkpoint_file(path_or_dict)
+    state_dict, extras = _split_checkpoint(checkpoint, source)
+    state_dict = _strip_module_prefix(state_dict)
+    meta = dict(extras.get(META_KEY, {}))
+    if _is_original_layout(state_dict):
+        state_dict, log_beta = _rename_original_keys(state_dict, source)
+        meta.setdefault("source_format", "original")
+        if log_beta is not None:
+            meta.setdefault("hopfield_beta", _finite_exp(log_beta, source, ORIGINAL_HOPFIELD_KEY))
+    else:
+        meta.setdefault("source_format", "open_clip")
+    hint = model_name or meta.get("model") or _model_hint(extras.get("model_config_file"))
+    meta["model"] = _match_architecture(state_dict, source, model_name, hint)
+    meta["inv_tau"] = _finite_exp(state_dict["logit_scale"], source, "logit_scale")
+    meta.setdefault("hopfield_beta", None)
+    for key in ("epoch", "name"):
+        meta.setdefault(key, extras.get(key))
+    return state_dict, meta
+
+
+def _split_checkpoint(checkpoint: Dict[str, Any], source: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Separate the weights from the other top-level entries, refusing entries we do not know."""
+    if "state_dict" not in checkpoint:
+        # A bare state dict (e.g. torch.save(model.state_dict())): every value is a tensor.
+        return _check_tensors(checkpoint, source), {}
+    unknown = sorted(set(checkpoint) - set(KNOWN_TOP_LEVEL_KEYS))
+    if unknown:
+        raise CheckpointError(
+            f"{source}: unknown top-level key {unknown[0]!r} (known: {', '.join(KNOWN_TOP_LEVEL_KEYS)})"
+        )
+    extras = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    for key in ("epoch", "name", "model_config_file", "method"):
+        if key in extras and not _is_json_scalar(extras[key]):
+            raise CheckpointError(f"{source}: top-level {key!r} = {extras[key]!r} is not a plain number or string")
+    extras[META_KEY] = _hyperparameters(extras, source)
+    if not isinstance(checkpoint["state_dict"], Mapping):
+        raise CheckpointError(f"{source}: 'state_dict' is a {type(checkpoint['state_dict']).__name__}, not a dict")
+    return _check_tensors(checkpoint["state_dict"], source), extras
+
+
+def _hyperparameters(extras: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    """The CLOOB entries of a checkpoint, from ``optimizer["cloob"]`` and the top-level ``cloob``.
+
+    ``training.main`` stores its CLOOB settings inside the optimizer's state dict (the only object
+    in OpenCLIP's checkpoint it controls); converted files store them at the top level.
+    """
+    optimizer = extras.get("optimizer")
+    optimizer_entry = optimizer.get(META_KEY) if isinstance(optimizer, Mapping) else None
+    found: Dict[str, Any] = {}
+    for where, entry in ((f"optimizer[{META_KEY!r}]", optimizer_entry), (META_KEY, extras.get(META_KEY))):
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping):
+            raise CheckpointError(f"{source}: {where} must be a dict of hyperparameters, got {type(entry).__name__}")
+        for key, value in entry.items():
+            # They go into safetensors metadata (JSON) and the model card: plain values only.
+            if not isinstance(key, str) or not _is_json_scalar(value):
+                raise CheckpointError(
+                    f"{source}: {where}[{key!r}] = {value!r} is not a plain number, string, bool or None")
+        found.update(entry)
+    return found
+
+
+def _check_tensors(state_dict: Mapping[str, Any], source: str) -> Dict[str, torch.Tensor]:
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+    if not state_dict:
+        raise CheckpointError(f"{source}: the state dict is empty")
+    return dict(state_dict)
+
+
+def _is_json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _strip_module_prefix(state_dict: StateDict) -> StateDict:
+    """Drop DDP's ``module.`` prefix (present on every key of a DDP-saved checkpoint)."""
+    return {key[len(_MODULE_PREFIX):] if key.startswith(_MODULE_PREFIX) else key: value
+            for key, value in state_dict.items()}
+
+
+def _is_original_layout(state_dict: StateDict) -> bool:
+    return any(key in _ORIGINAL_KEY_RENAMES or key.startswith("transformer.transformer.") for key in state_dict)
+
+
+def _rename_original_keys(state_dict: StateDict, source: str) -> Tuple[StateDict, Optional[torch.Tensor]]:
+    """Map original parameter names to OpenCLIP's; returns the renamed dict and log β if stored."""
+    renamed: StateDict = {}
+    log_beta = None
+    for key, value in state_dict.items():
+        if key == ORIGINAL_HOPFIELD_KEY:
+            log_beta = value
+            continue
+        new_key = _ORIGINAL_KEY_RENAMES.get(key)
+        if new_key is None:
+            new_key = next((new + key[len(old):] for old, new in _ORIGINAL_PREFIX_RENAMES if key.startswith(old)), None)
+        if new_key is None:
+            raise CheckpointError(f"{source}: unknown key {key!r} in an original CLOOB checkpoint")
+        renamed[new_key] = value
+    return renamed, log_beta
+
+
+def _finite_exp(log_value: Any, source: str, key: str) -> float:
+    """exp of a stored log-scale scalar, refusing non-scalars and non-finite values."""
+    tensor = torch.as_tensor(log_value)
+    if tensor.numel() != 1 or not torch.isfinite(tensor).all():
+        raise CheckpointError(f"{source}: {key!r} must be one finite number (a log scale), got {tensor.tolist()}")
+    return math.exp(float(tensor))
+
+
+def _model_hint(model_config_file: Any) -> Optional[str]:
+    """``RN50.json`` (the reference implementation's config name) -> ``RN50-cloob``."""
+    if not isinstance(model_config_file, str):
+        return None
+    return Path(model_config_file).stem + CLOOB_SUFFIX
+
+
+def _match_architecture(state_dict: StateDict, source: str, model_name: Optional[str], hint: Optional[str]) -> str:
+    """The model whose parameters have exactly the keys and shapes of ``state_dict``."""
+    if model_name is not None:
+        if not _is_known_model(model_name):
+            raise CheckpointError(f"{source}: unknown model {model_name!r} (CLOOB models: "
+                                  f"{', '.join(list_cloob_models())}; or any OpenCLIP model name, or local-dir:FOLDER)")
+        problem = _mismatch(state_dict, model_name)
+        if problem:
+            raise CheckpointError(f"{source}: does not fit {model_name}: {problem}")
+        return model_name
+    candidates = list_cloob_models()
+    if hint is not None and _is_known_model(hint):
+        candidates = [hint] + [name for name in candidates if name != hint]  # the likely one first
+    problems = {}
+    for candidate in candidates:
+        problems[candidate] = _mismatch(state_dict, candidate)
+        if not problems[candidate]:
+            return candidate
+    raise CheckpointError(
+        f"{source}: the weights fit none of the CLOOB architectures ({', '.join(sorted(problems))}); "
+        f"against {candidates[0]}: {problems[candidates[0]]}. Pass the OpenCLIP model name explicitly (--model)."
+    )
+
+
+def _is_known_model(model_name: str) -> bool:
+    """Whether ``open_clip.create_model(model_name)`` can build the architecture (without network)."""
+    if model_name.startswith(LOCAL_DIR_PREFIX):
+        return (Path(model_name[len(LOCAL_DIR_PREFIX):]) / HF_CONFIG_NAME).is_file()
+    return model_name in open_clip.list_models()
+
+
+def _mismatch(state_dict: StateDict, model_name: str) -> Optional[str]:
+    """First difference between ``state_dict`` and the parameters of ``model_name``, or None."""
+    expected = parameter_shapes(model_name)
+    for key, value in state_dict.items():
+        if key not in expected:
+            return f"unexpected key {key!r}"
+        if tuple(value.shape) != expected[key]:
+            return f"key {key!r} has shape {tuple(value.shape)}, the model expects {expected[key]}"
+    missing = [key for key in expected if key not in state_dict]
+    return f"missing key {missing[0]!r}" if missing else None
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_shapes(model_name: str) -> Dict[str, Tuple[int, ...]]:
+    """Keys and shapes of the state dict of ``open_clip.create_model(model_name)``, computed on the meta device."""
+    return {key: tuple(value.shape) for key, value in meta_model(model_name).state_dict().items()}
+
+
+def meta_model(model_name: str) -> torch.nn.Module:
+    """``open_clip.create_model(model_name)`` with every tensor on PyTorch's ``meta`` device.
+
+    Costs neither memory nor initialisation time; carries the model's preprocess config.
+    """
+    with torch.device("meta"), _without_random_init_warning():
+        return open_clip.create_model(model_name, device="meta")
+
+
+class _RandomInitWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    # create_model warns (on the root logger) that nothing was loaded; a meta model never holds
+    # weights, so the warning would only confuse the user of the converter.
+    log_filter = _RandomInitWarningFilter()
+    logging.getLogger().addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(log_filter)
+
+
+def save_converted(state_dict: StateDict, meta: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """Write a converted state dict with its metadata, atomically (a crash leaves no half-written file).
+
+    ``.safetensors``: tensors plus ``meta`` as JSON in the metadata field ``cloob``; any other
+    suffix: ``torch.save({"state_dict": ..., "cloob": meta})``. Both load with OpenCLIP's
+    ``pretrained=`` and back through :func:`convert_cloob_checkpoint`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # per process: ranks may convert at once
+    if path.suffix == ".safetensors":
+        tensors = {key: value.contiguous() for key, value in state_dict.items()}
+        safetensors.torch.save_file(tensors, str(partial), metadata={"format": "pt", META_KEY: json.dumps(dict(meta))})
+    else:
+        torch.save({"state_dict": state_dict, META_KEY: dict(meta)}, partial)
+    os.replace(partial, path)
+    return path
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_clip_cloob.convert",
+        description="Convert a CLOOB checkpoint (the authors' original layout or an OpenCLIP training "
+                    "checkpoint) into an OpenCLIP state dict.",
+    )
+    parser.add_argument("src", help="checkpoint to convert (.pt/.pth/.bin or .safetensors)")
+    parser.add_argument("dst", help="output file: .safetensors (recommended) or a torch file (.pt)")
+    parser.add_argument(
+        "--model", default=None,
+        help=f"OpenCLIP model name the weights must fit (default: detected among {', '.join(list_cloob_models())})",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Command-line entry point; returns the metadata of the converted checkpoint."""
+    args = parse_args(argv)
+    state_dict, meta = convert_cloob_checkpoint(args.src, model_name=args.model)
+    save_converted(state_dict, meta, args.dst)
+    _logger.info("wrote %s (%s, inv_tau %.4g, hopfield_beta %s)", args.dst, meta["model"], meta["inv_tau"],
+                 meta["hopfield_beta"])
+    return meta
+
+
+def setup_cli_logging() -> None:
+    """Our INFO messages on the console; OpenCLIP's (root logger) only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # "__main__" is the logger name of a module run with python -m.
+    for name in ("open_clip_cloob", "__main__"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    setup_cli_logging()
+    main()
