@@ -36,6 +36,14 @@ def chunk_rows(n_memory: int) -> int:
     return max(1, CHUNK_ELEMENTS // n_memory)
 
 
+def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
+    """Turn [r, m] scores into row softmax probabilities in place; return the [r] row log-sum-exps."""
+    row_max = scores.amax(dim=1, keepdim=True)
+    row_sum = scores.sub_(row_max).exp_().sum(dim=1, keepdim=True)
+    scores.div_(row_sum)
+    return (row_max + row_sum.log()).squeeze(1)
+
+
 class _ChunkedRetrieval(torch.autograd.Function):
     """softmax_rows(β S Mᵀ) M, ``chunk_size`` state rows at a time; backward recomputes each block
     from the saved row log-sum-exps (FlashAttention's scheme) instead of storing [n, m]."""
@@ -46,8 +54,7 @@ class _ChunkedRetrieval(torch.autograd.Function):
         lse = state.new_empty(state.shape[0])
         for rows in _chunks(state.shape[0], chunk_size):
             probs = torch.mm(state[rows], memory.T).mul_(beta)
-            lse[rows] = torch.logsumexp(probs, dim=1)
-            probs.sub_(lse[rows, None]).exp_()
+            lse[rows] = _softmax_rows_(probs)
             torch.mm(probs, memory, out=out[rows])
         ctx.save_for_backward(state, memory, out, lse)
         ctx.beta, ctx.chunk_size = beta, chunk_size
@@ -71,37 +78,43 @@ class _ChunkedRetrieval(torch.autograd.Function):
         return grad_state, grad_memory, None, None
 
 
-class _ChunkedLeaveOneOutLogSumExp(torch.autograd.Function):
-    """Row i: log Σ_{j≠offset+i} exp(inv_tau A_i·B_j), ``chunk_size`` anchors at a time, with
-    recomputation in backward."""
+class _ChunkedInfoLoob(torch.autograd.Function):
+    """InfoLOOB, ``chunk_size`` anchors at a time. The loss is a mean, so its gradient is a fixed
+    direction times the scalar upstream gradient: forward accumulates that direction (O((n + m)·d)
+    memory) while each block of probabilities is at hand, and backward only scales it. This saves
+    recomputing the blocks (1 product) in backward."""
 
     @staticmethod
     def forward(ctx, anchors, candidates, inv_tau, offset, chunk_size):
-        lse = anchors.new_empty(anchors.shape[0])
-        for rows in _chunks(anchors.shape[0], chunk_size):
-            logits = torch.mm(anchors[rows], candidates.T).mul_(inv_tau)
-            lse[rows] = torch.logsumexp(_mask_positives(logits, rows.start + offset), dim=1)
-        ctx.save_for_backward(anchors, candidates, inv_tau, lse)
-        ctx.offset, ctx.chunk_size = offset, chunk_size
-        return lse
+        n = anchors.shape[0]
+        own_candidates = candidates[offset:offset + n]
+        positives = (anchors * own_candidates).sum(dim=1)
+        lse = anchors.new_empty(n)
+        with_grad = any(ctx.needs_input_grad[:3])
+        if with_grad:
+            # ∂ℓ/∂A_i = (inv_tau/n)(Σ_j P_ij B_j − B_p(i)), ∂ℓ/∂B_j = (inv_tau/n)(Σ_i P_ij A_i − A_p⁻¹(j)),
+            # ∂ℓ/∂inv_tau = (1/n) Σ_i (Σ_j P_ij A_i·B_j − A_i·B_p(i)); P = softmax over j ≠ p(i).
+            grad_anchors = -own_candidates.clone()
+            grad_candidates = torch.zeros_like(candidates)
+            grad_candidates[offset:offset + n] -= anchors
+            grad_inv_tau = -positives.sum()
+        for rows in _chunks(n, chunk_size):
+            similarities = torch.mm(anchors[rows], candidates.T)
+            probs = _mask_positives(similarities * inv_tau, rows.start + offset)
+            lse[rows] = _softmax_rows_(probs)
+            if with_grad:
+                grad_inv_tau += (probs * similarities).sum()
+                grad_anchors[rows] += torch.mm(probs, candidates)
+                grad_candidates.addmm_(probs.T, anchors[rows])
+        if with_grad:
+            ctx.save_for_backward(grad_anchors.mul_(inv_tau / n), grad_candidates.mul_(inv_tau / n), grad_inv_tau / n)
+        return (lse - inv_tau * positives).mean()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_lse):
-        anchors, candidates, inv_tau, lse = ctx.saved_tensors
-        grad_anchors = torch.empty_like(anchors)
-        grad_candidates = torch.zeros_like(candidates)
-        grad_inv_tau = torch.zeros_like(inv_tau)
-        for rows in _chunks(anchors.shape[0], ctx.chunk_size):
-            similarities = torch.mm(anchors[rows], candidates.T)
-            weights = _mask_positives(similarities * inv_tau, rows.start + ctx.offset)
-            weights.sub_(lse[rows, None]).exp_().mul_(grad_lse[rows, None])  # g_i · softmax_{j≠p(i)}
-            if ctx.needs_input_grad[2]:
-                grad_inv_tau += (weights * similarities).sum()
-            weights.mul_(inv_tau)
-            torch.mm(weights, candidates, out=grad_anchors[rows])
-            grad_candidates.addmm_(weights.T, anchors[rows])
-        return grad_anchors, grad_candidates, grad_inv_tau, None, None
+    def backward(ctx, grad_loss):
+        grad_anchors, grad_candidates, grad_inv_tau = ctx.saved_tensors
+        return grad_anchors * grad_loss, grad_candidates * grad_loss, grad_inv_tau * grad_loss, None, None
 
 
 def _mask_positives(logits: torch.Tensor, first_positive: int) -> torch.Tensor:
@@ -180,19 +193,19 @@ def info_loob(
         inv_tau: inverse temperature 1/τ (scalar).
         positive_offset: index of the first anchor's positive among the candidates.
         chunk_size: None computes the [n, m] logits at once; an int processes that many anchors at
-            a time and recomputes them in backward (memory O((n + m)·d + chunk_size·m)).
+            a time (memory O((n + m)·d + chunk_size·m)) and accumulates the gradient on the way,
+            the 3 [n, m, d] products of the direct path (forward + backward), none repeated.
 
     Returns:
         Scalar loss.
     """
-    n = anchors.shape[0]
     inv_tau = torch.as_tensor(inv_tau, dtype=anchors.dtype, device=anchors.device)
+    if chunk_size is not None:
+        return _ChunkedInfoLoob.apply(anchors, candidates, inv_tau, positive_offset, chunk_size)
+    n = anchors.shape[0]
     positives = inv_tau * (anchors * candidates[positive_offset:positive_offset + n]).sum(dim=1)
-    if chunk_size is None:
-        log_sum_exp = torch.logsumexp(_mask_positives(inv_tau * (anchors @ candidates.T), positive_offset), dim=1)
-    else:
-        log_sum_exp = _ChunkedLeaveOneOutLogSumExp.apply(anchors, candidates, inv_tau, positive_offset, chunk_size)
-    return (log_sum_exp - positives).mean()
+    logits = _mask_positives(inv_tau * (anchors @ candidates.T), positive_offset)
+    return (torch.logsumexp(logits, dim=1) - positives).mean()
 
 
 def cloob_loss(
