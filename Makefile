@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 DATA_PACKAGES := dataset-fashion-mnist
 DATA_MARKER := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: test test-fast venv data clean
+.PHONY: test test-fast bench venv data clean
 
 # torch/torchvision are pinned to the releases served from local disk; the rest comes from pyproject.toml.
 $(VENV)/.installed: pyproject.toml requirements.txt
@@ -29,6 +29,13 @@ test: venv data
 # The suite without the end-to-end runs, for quick iteration.
 test-fast: venv
 	$(VPY) -m pytest -q -m 'not slow'
+
+# Loss (CLOOB direct / chunked vs ClipLoss) and training-throughput benchmarks; CUDA when present.
+# Results: bench-out/*.json and the printed tables. Takes tens of minutes on 2 CPU cores.
+BENCH_SIZES ?= 1024,4096,16384
+bench: venv
+	$(VPY) scripts/bench_loss.py --sizes $(BENCH_SIZES) --dims 512,1024 --out bench-out/loss.json
+	$(VPY) scripts/bench_train.py --out bench-out/train.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
