@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Build image-text training data from Fashion-MNIST (offline: Debian's dataset-fashion-mnist).
+
+Writes a random subset of a split with varied captions ("a black and white photo of a sneaker.")
+as an OpenCLIP CSV with PNG files or as webdataset tar shards (.png/.txt/.cls):
+
+    python scripts/make_fashion_mnist_data.py --out data/fmnist-train --split train --num-samples 12800
+    python scripts/make_fashion_mnist_data.py --out data/fmnist-wds --format webdataset --num-samples 4096
+
+See :mod:`open_clip_cloob.offline_data` for the layouts.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from open_clip_cloob.offline_data import DATASET_FORMATS, write_fashion_mnist_dataset
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--split", choices=("train", "test"), default="train")
+    parser.add_argument("--num-samples", type=int, default=10000)
+    parser.add_argument("--format", choices=DATASET_FORMATS, default="csv")
+    parser.add_argument("--samples-per-shard", type=int, default=1000, help="webdataset only")
+    parser.add_argument("--seed", type=int, default=0, help="subset and caption seed")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    write_fashion_mnist_dataset(
+        args.out, args.split, args.num_samples, args.format, args.seed, args.samples_per_shard)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

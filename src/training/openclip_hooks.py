@@ -1,0 +1,194 @@
+"""Every hook ``training.main`` puts into OpenCLIP's training code (``open_clip_train`` 3.3).
+
+OpenCLIP's ``main()`` looks several names up in its module's globals at call time; replacing them
+there injects CLOOB without copying OpenCLIP's loop. :data:`HOOKS` lists each replaced name with
+the function that must still look it up and the upstream parameters the replacement relies on;
+:data:`CALLED` lists the upstream functions this package calls directly. ``tests/test_training_hooks.py``
+checks both against the installed OpenCLIP, so an upstream refactor fails loudly instead of silently
+training CLIP.
+
+What each hook does (installed by :func:`install_hooks`, per process, before ``main()`` runs):
+
+- ``parse_args``: :func:`training.params.parse_args` (CLOOB flags first, the rest to OpenCLIP's).
+- ``create_model_and_transforms``: builds the model with ``init_logit_scale = ln(--init-inv-tau)``
+  and freezes ``logit_scale`` unless ``--learnable-inv-tau``, before DDP wraps the model (DDP fails
+  on step 2 if a trainable parameter never gets a gradient).
+- ``create_loss``: :class:`open_clip_cloob.CloobLoss` for ``--loss cloob``, OpenCLIP's choice otherwise.
+- ``cosine_lr``: :func:`training.scheduler.cosine_restarts_lr` when ``--restart-cycles`` > 1.
+- ``train_one_epoch``: records the CLOOB settings in the checkpoint. OpenCLIP builds the checkpoint
+  dict itself with fixed keys; the only CLOOB-controlled object inside it is the optimizer's state
+  dict, so they are stored as ``checkpoint["optimizer"]["cloob"]`` (ignored by
+  ``Optimizer.load_state_dict``, so ``--resume`` and OpenCLIP's own tools are unaffected).
+- ``open_clip_train.train.get_clip_metrics`` (with ``--loss cloob``): adds ``cloob_val_loss``, the
+  CLOOB loss over the ``--val-data`` batches, to the metrics ``evaluate()`` logs, writes to
+  ``results.jsonl`` and sends to tensorboard/wandb.
+- ``torch.nn.parallel.DistributedDataParallel``: OpenCLIP passes ``device_ids=[device]`` also for a
+  CPU device, which torch rejects; the subclass drops CPU device ids so DDP runs on CPU with gloo
+  (a no-op on GPUs). This one is process-wide: ``main()`` reaches it through ``torch``.
+"""
+import argparse
+import logging
+import math
+import weakref
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import open_clip_train.main as openclip_main
+import open_clip_train.train as openclip_train
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from open_clip_cloob import CloobLoss, cloob_loss
+from training import params
+from training.scheduler import cosine_restarts_lr
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A name replaced in ``module``, looked up at call time by the function ``caller``."""
+
+    module: str
+    name: str
+    caller: str
+    params: Tuple[str, ...]  # parameters of the upstream object the replacement relies on, in order
+
+
+HOOKS: Tuple[Hook, ...] = (
+    Hook("open_clip_train.main", "parse_args", "open_clip_train.main.main", ("args",)),
+    Hook("open_clip_train.main", "create_model_and_transforms", "open_clip_train.main.main",
+         ("model_name", "pretrained", "model_kwargs")),
+    Hook("open_clip_train.main", "create_loss", "open_clip_train.main.main", ("args",)),
+    Hook("open_clip_train.main", "cosine_lr", "open_clip_train.main.main",
+         ("optimizer", "base_lr", "warmup_length", "steps")),
+    Hook("open_clip_train.main", "train_one_epoch", "open_clip_train.main.main",
+         ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args",
+          "tb_writer")),
+    Hook("open_clip_train.train", "get_clip_metrics", "open_clip_train.train.evaluate",
+         ("image_features", "text_features", "logit_scale")),
+    Hook("torch.nn.parallel", "DistributedDataParallel", "open_clip_train.main.main",
+         ("module", "device_ids")),
+)
+
+# Upstream functions called directly (dotted name -> parameters relied on, in order).
+CALLED: Dict[str, Tuple[str, ...]] = {
+    "open_clip_train.main.main": ("args",),
+    "open_clip_train.params.parse_args": ("args",),
+    "open_clip_train.scheduler.assign_learning_rate": ("optimizer", "new_lr"),
+    "open_clip.create_loss": ("args",),
+    "open_clip.add_model_config": ("path",),
+}
+
+# The originals, captured at import so that installing twice never wraps a replacement.
+_openclip_create_model_and_transforms = openclip_main.create_model_and_transforms
+_openclip_create_loss = openclip_main.create_loss
+_openclip_train_one_epoch = openclip_main.train_one_epoch
+_openclip_get_clip_metrics = openclip_train.get_clip_metrics
+
+CHECKPOINT_KEY = "cloob"
+_optimizers_with_settings: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+
+
+class CpuCapableDistributedDataParallel(DistributedDataParallel):
+    """DDP accepting OpenCLIP's ``device_ids=[cpu]``: torch wants ``None`` for a CPU module."""
+
+    def __init__(self, module: torch.nn.Module, device_ids: Optional[Sequence[Any]] = None, *args, **kwargs):
+        if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids, *args, **kwargs)
+
+
+def create_model_and_transforms(*args, init_inv_tau: Optional[float], learnable_inv_tau: bool, **kwargs):
+    """OpenCLIP's factory with the CLOOB temperature: initial value and whether it trains."""
+    if init_inv_tau is not None:
+        kwargs["init_logit_scale"] = math.log(init_inv_tau)
+    model, preprocess_train, preprocess_val = _openclip_create_model_and_transforms(*args, **kwargs)
+    model.logit_scale.requires_grad_(learnable_inv_tau)
+    return model, preprocess_train, preprocess_val
+
+
+def create_loss(args: argparse.Namespace) -> torch.nn.Module:
+    """CloobLoss for ``--loss cloob``, OpenCLIP's own choice otherwise; logs which and on what batch."""
+    if args.loss != "cloob":
+        loss = _openclip_create_loss(args)
+        logging.info("Loss: OpenCLIP's %s", type(loss).__name__)
+        return loss
+    # With --accum-freq the loss sees the features of all micro-batches at once.
+    global_batch = args.batch_size * args.accum_freq * args.world_size
+    logging.info(
+        "Loss: CloobLoss (hopfield_beta %g, inv_tau %s, %s) over a global batch of %d = %d per rank x "
+        "accum_freq %d x world_size %d", args.hopfield_beta, args.init_inv_tau,
+        "learnable" if args.learnable_inv_tau else "frozen", global_batch, args.batch_size,
+        args.accum_freq, args.world_size)
+    return CloobLoss(
+        hopfield_beta=args.hopfield_beta,
+        local_loss=args.local_loss,
+        gather_with_grad=args.gather_with_grad,
+        cache_labels=True,
+        rank=args.rank,
+        world_size=args.world_size,
+        use_horovod=args.horovod,
+    )
+
+
+def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+    """OpenCLIP's epoch, with the CLOOB settings attached to the optimizer's (checkpointed) state dict."""
+    if optimizer not in _optimizers_with_settings:
+        settings = params.cloob_settings(args)
+        optimizer.register_state_dict_post_hook(
+            lambda _optimizer, state_dict: {**state_dict, CHECKPOINT_KEY: settings})
+        _optimizers_with_settings.add(optimizer)
+    return _openclip_train_one_epoch(
+        model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+
+
+def cloob_val_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    inv_tau: torch.Tensor,
+    hopfield_beta: float,
+    batch_size: int,
+) -> float:
+    """CLOOB loss averaged over consecutive batches of ``batch_size`` rows, weighted by their size.
+
+    ``evaluate()`` concatenates the validation features in loader order, so the chunks are its
+    batches, and the value is comparable to OpenCLIP's ``clip_val_loss`` (averaged the same way) and
+    to the training loss at the same batch size. A trailing batch of one row has no negative and is
+    left out.
+    """
+    total, count = 0.0, 0
+    for start in range(0, len(image_features), batch_size):
+        images = image_features[start:start + batch_size]
+        if len(images) < 2:
+            continue
+        texts = text_features[start:start + batch_size]
+        total += cloob_loss(images, texts, inv_tau, hopfield_beta).item() * len(images)
+        count += len(images)
+    return total / count if count else math.nan
+
+
+def get_clip_metrics(image_features, text_features, logit_scale, *, hopfield_beta: float, batch_size: int):
+    """OpenCLIP's retrieval metrics plus ``cloob_val_loss``."""
+    metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
+    metrics["cloob_val_loss"] = cloob_val_loss(
+        image_features, text_features, logit_scale, hopfield_beta, batch_size)
+    return metrics
+
+
+def install_hooks(args: argparse.Namespace) -> None:
+    """Replace OpenCLIP's names in this process for a run configured by the resolved ``args``.
+
+    Idempotent; the replacements call the originals captured at import.
+    """
+    openclip_main.parse_args = params.parse_args
+    openclip_main.create_model_and_transforms = partial(
+        create_model_and_transforms, init_inv_tau=args.init_inv_tau, learnable_inv_tau=args.learnable_inv_tau)
+    openclip_main.create_loss = create_loss
+    openclip_main.train_one_epoch = train_one_epoch
+    torch.nn.parallel.DistributedDataParallel = CpuCapableDistributedDataParallel
+    if args.restart_cycles > 1:
+        openclip_main.cosine_lr = partial(cosine_restarts_lr, cycles=args.restart_cycles)
+    if args.loss == "cloob":
+        openclip_train.get_clip_metrics = partial(
+            get_clip_metrics, hopfield_beta=args.hopfield_beta, batch_size=args.batch_size)
+

@@ -1,0 +1,144 @@
+"""Command line of ``python -m training.main``: CLOOB's flags in front of all of OpenCLIP's.
+
+The CLOOB flags are parsed first (``parse_known_args``); everything else goes to OpenCLIP's strict
+``parse_args``. The result is one namespace holding both, so OpenCLIP's ``params.txt`` (which dumps
+every attribute) records the CLOOB settings too. Defaults that depend on other flags are resolved
+here, once, and written back, so that ``params.txt`` shows the values the run used.
+"""
+import argparse
+import logging
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from open_clip_train.params import parse_args as openclip_parse_args
+
+LOSSES = ("cloob", "clip")
+CLOOB_MODEL_SUFFIX = "-cloob"
+COSINE_RESTARTS = "cosine-restarts"
+# The paper's Conceptual Captions constants (spec §3).
+DEFAULT_INV_TAU = 30.0
+DEFAULT_HOPFIELD_BETA = 8.0
+# OpenCLIP clamps logit_scale = ln(inv_tau) to [0, ln 100] after every step.
+INV_TAU_RANGE = (1.0, 100.0)
+# The flags that define the CLOOB objective, stored in checkpoints next to the weights.
+CLOOB_SETTINGS = ("loss", "hopfield_beta", "init_inv_tau", "learnable_inv_tau", "restart_cycles")
+
+
+def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add CLOOB's flags (hyphenated, OpenCLIP style) to ``parser``."""
+    group = parser.add_argument_group("CLOOB")
+    group.add_argument(
+        "--loss", choices=LOSSES, default=None,
+        help="Training loss. 'cloob': modern Hopfield retrieval + InfoLOOB. 'clip': whatever OpenCLIP "
+             "picks for the other flags (InfoNCE, SigLIP, CoCa, distillation). "
+             f"Default: cloob for '*{CLOOB_MODEL_SUFFIX}' models, clip otherwise.")
+    group.add_argument(
+        "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
+        default=DEFAULT_HOPFIELD_BETA,
+        help=f"Inverse temperature β of the Hopfield retrieval (default {DEFAULT_HOPFIELD_BETA:g}, the "
+             "paper's CC3M value). --scale-hopfield is the original code's name.")
+    group.add_argument(
+        "--init-inv-tau", type=float, default=None,
+        help=f"Initial inverse temperature 1/τ of a freshly initialised model; replaces the config's "
+             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with --loss cloob, the model "
+             "config's value otherwise. Pretrained or resumed weights keep their own temperature.")
+    group.add_argument(
+        "--learnable-inv-tau", action=argparse.BooleanOptionalAction, default=None,
+        help="Train the temperature (the model's logit_scale). Default: frozen with --loss cloob "
+             "(the paper's setting; DDP and the optimizer then leave it alone), learnable otherwise "
+             "(OpenCLIP's behaviour).")
+    group.add_argument(
+        "--restart-cycles", type=int, default=1,
+        help=f"Number of cosine cycles after warmup for --lr-scheduler {COSINE_RESTARTS} (the paper's "
+             "CC3M recipe: 10). 1 is OpenCLIP's cosine schedule.")
+    group.add_argument(
+        "--add-model-config", action="append", default=[], metavar="PATH",
+        help="Model config JSON file or folder to register in OpenCLIP's factory before the model is "
+             "built, in every process (repeatable). The CLOOB configs are always registered.")
+    return parser
+
+
+def _cloob_parser() -> argparse.ArgumentParser:
+    # No abbreviations: a prefix of an OpenCLIP flag must never be taken for a CLOOB flag.
+    parser = argparse.ArgumentParser(
+        prog="python -m training.main", add_help=False, allow_abbrev=False,
+        description=f"OpenCLIP's training with the CLOOB loss. Accepts every OpenCLIP flag; "
+                    f"--lr-scheduler also accepts '{COSINE_RESTARTS}'.")
+    return add_cloob_args(parser)
+
+
+def is_cloob_model(model_name: str) -> bool:
+    """Whether ``model_name`` names a CLOOB architecture (``RN50-cloob``, ...)."""
+    return model_name.endswith(CLOOB_MODEL_SUFFIX)
+
+
+def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The resolved CLOOB settings of a run, e.g. for its checkpoints."""
+    return {name: getattr(args, name) for name in CLOOB_SETTINGS}
+
+
+def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill the flag-dependent defaults in place and reject contradictory combinations."""
+    if args.loss is None:
+        args.loss = "cloob" if is_cloob_model(args.model) else "clip"
+    cloob = args.loss == "cloob"
+    if cloob:
+        # These switch OpenCLIP's create_loss to another objective; silently ignoring them would
+        # train something the user did not ask for.
+        conflicts = [name for name, on in (
+            ("--siglip", args.siglip),
+            ("--distill-model", args.distill_model is not None),
+            ("a CoCa model", "coca" in args.model.lower()),
+        ) if on]
+        if conflicts:
+            parser.error(f"--loss cloob cannot be combined with {', '.join(conflicts)}")
+        if args.init_inv_tau is None:
+            args.init_inv_tau = DEFAULT_INV_TAU
+    if args.learnable_inv_tau is None:
+        args.learnable_inv_tau = not cloob
+    low, high = INV_TAU_RANGE
+    if args.init_inv_tau is not None and not low <= args.init_inv_tau <= high:
+        parser.error(f"--init-inv-tau must lie in [{low:g}, {high:g}] (OpenCLIP clamps the scale there)")
+    if not args.hopfield_beta > 0:
+        parser.error("--hopfield-beta must be > 0")
+    if args.restart_cycles < 1:
+        parser.error("--restart-cycles must be at least 1")
+    if args.lr_scheduler == COSINE_RESTARTS:
+        # OpenCLIP's main only dispatches its own scheduler names; cosine-restarts runs through its
+        # 'cosine' branch, whose factory training.openclip_hooks replaces by cosine_restarts_lr.
+        args.lr_scheduler = "cosine"
+    elif args.restart_cycles != 1 and args.lr_scheduler != "cosine":
+        parser.error(f"--restart-cycles needs --lr-scheduler {COSINE_RESTARTS}")
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Parse ``argv`` into one namespace with OpenCLIP's and CLOOB's settings, defaults resolved."""
+    parser = _cloob_parser()
+    argv: List[str] = list(argv or [])
+    if "-h" in argv or "--help" in argv:
+        # OpenCLIP's parser prints its own help and exits; show CLOOB's flags first.
+        parser.print_help()
+    cloob_args, rest = parser.parse_known_args(argv)
+    args = openclip_parse_args(rest)
+    for name, value in vars(cloob_args).items():
+        setattr(args, name, value)
+    _resolve(args, parser)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Dry run: print the resolved settings of ``argv``, one ``name: value`` per line, and exit.
+
+    ``python -m training.params ...`` parses exactly like ``python -m training.main ...`` without
+    importing torch, so job scripts can be checked anywhere (their ``DRY_RUN=1``).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    for name in sorted(vars(args)):
+        logging.info("%s: %s", name, getattr(args, name))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

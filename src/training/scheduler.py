@@ -1,0 +1,41 @@
+"""Learning-rate schedules CLOOB adds to OpenCLIP's (``cosine``, ``const``, ``const-cooldown``).
+
+A schedule follows OpenCLIP's convention: a factory taking the optimizer, the base learning rate,
+the warmup length and the total number of steps returns ``adjust(step) -> lr``, which also writes
+the rate into every parameter group.
+"""
+import math
+from typing import Callable
+
+from open_clip_train.scheduler import assign_learning_rate
+from torch.optim import Optimizer
+
+
+def cosine_restarts_lr(
+    optimizer: Optimizer,
+    base_lr: float,
+    warmup_length: int,
+    steps: int,
+    cycles: int = 1,
+) -> Callable[[int], float]:
+    """Linear warmup, then a cosine schedule with ``cycles`` hard restarts (CLOOB's CC recipe).
+
+    After warmup, with post-warmup progress ``p = (step - warmup) / (steps - warmup)``:
+    ``lr = base_lr · 0.5 · (1 + cos(π · ((cycles · p) mod 1)))`` while ``p < 1``, and 0 afterwards.
+    ``cycles = 1`` is OpenCLIP's ``cosine`` schedule. The warmup is OpenCLIP's:
+    ``base_lr · (step + 1) / warmup``.
+    """
+    if cycles < 1:
+        raise ValueError(f"cycles must be at least 1, got {cycles}")
+    decay_steps = max(1, steps - warmup_length)
+
+    def _lr_adjuster(step: int) -> float:
+        if step < warmup_length:
+            lr = base_lr * (step + 1) / warmup_length
+        else:
+            progress = (step - warmup_length) / decay_steps
+            lr = 0.0 if progress >= 1 else base_lr * 0.5 * (1 + math.cos(math.pi * ((cycles * progress) % 1.0)))
+        assign_learning_rate(optimizer, lr)
+        return lr
+
+    return _lr_adjuster

@@ -1,0 +1,109 @@
+"""training.main's command line and the hook functions, in process (no training loop)."""
+import math
+
+import pytest
+import torch
+from open_clip.loss import ClipLoss, SigLipLoss
+
+from open_clip_cloob import CloobLoss, cloob_loss
+from training.openclip_hooks import cloob_val_loss, create_loss, create_model_and_transforms
+from training.params import cloob_settings, parse_args
+
+DATA = ["--train-data", "train.csv"]
+
+
+def _parse(*flags: str):
+    return parse_args([*DATA, *flags])
+
+
+def test_cloob_models_default_to_the_papers_cloob_settings():
+    args = _parse("--model", "RN50-cloob")
+    assert cloob_settings(args) == {
+        "loss": "cloob", "hopfield_beta": 8.0, "init_inv_tau": 30.0, "learnable_inv_tau": False,
+        "restart_cycles": 1}
+    assert args.lr_scheduler == "cosine" and args.batch_size == 64  # OpenCLIP's own flags still parse
+
+
+def test_other_models_keep_openclips_loss_and_learnable_temperature():
+    args = _parse("--model", "RN50")
+    assert (args.loss, args.init_inv_tau, args.learnable_inv_tau) == ("clip", None, True)
+
+
+def test_explicit_flags_and_the_original_codes_alias():
+    args = _parse("--model", "RN50", "--loss", "cloob", "--scale-hopfield", "14.3", "--init-inv-tau", "50",
+                  "--learnable-inv-tau")
+    assert (args.loss, args.hopfield_beta, args.init_inv_tau, args.learnable_inv_tau) == ("cloob", 14.3, 50.0, True)
+    assert _parse("--model", "RN50-cloob", "--no-learnable-inv-tau").learnable_inv_tau is False
+
+
+def test_cosine_restarts_runs_through_openclips_cosine_branch():
+    args = _parse("--model", "RN50-cloob", "--lr-scheduler", "cosine-restarts", "--restart-cycles", "10")
+    assert (args.lr_scheduler, args.restart_cycles) == ("cosine", 10)
+
+
+@pytest.mark.parametrize("flags", [
+    ("--model", "RN50-cloob", "--siglip"),
+    ("--model", "coca_ViT-B-32", "--loss", "cloob"),
+    ("--model", "RN50-cloob", "--distill-model", "RN50", "--distill-pretrained", "openai"),
+    ("--model", "RN50-cloob", "--init-inv-tau", "200"),
+    ("--model", "RN50-cloob", "--hopfield-beta", "0"),
+    ("--model", "RN50-cloob", "--lr-scheduler", "const", "--restart-cycles", "3"),
+    ("--model", "RN50-cloob", "--restart-cycles", "0"),
+    ("--model", "RN50-cloob", "--loss", "infonce"),
+    ("--model", "RN50-cloob", "--no-such-openclip-flag"),
+    ("--model", "RN50-cloob", "--hopfield", "3"),  # no abbreviations of CLOOB flags
+])
+def test_contradictions_and_unknown_flags_are_errors(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(*flags)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_help_lists_cloob_and_openclip_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "--hopfield-beta" in out and "--restart-cycles" in out and "--train-data" in out
+
+
+def _with_world(args, rank=0, world_size=1):
+    args.rank, args.world_size, args.distill = rank, world_size, False
+    return args
+
+
+def test_create_loss_is_cloob_for_cloob_and_openclips_choice_otherwise():
+    loss = create_loss(_with_world(_parse("--model", "RN50-cloob", "--hopfield-beta", "15", "--local-loss",
+                                          "--gather-with-grad"), rank=1, world_size=4))
+    assert isinstance(loss, CloobLoss)
+    assert (loss.hopfield_beta, loss.local_loss, loss.gather_with_grad, loss.rank, loss.world_size) == (
+        15.0, True, True, 1, 4)
+    assert type(create_loss(_with_world(_parse("--model", "RN50-cloob", "--loss", "clip")))) is ClipLoss
+    assert type(create_loss(_with_world(_parse("--model", "RN50", "--siglip")))) is SigLipLoss
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_model_factory_hook_sets_and_freezes_the_temperature(tiny_model_config, learnable):
+    model, _, _ = create_model_and_transforms(
+        tiny_model_config.stem, init_inv_tau=50.0, learnable_inv_tau=learnable, output_dict=True)
+    assert model.logit_scale.item() == pytest.approx(math.log(50.0))
+    assert model.logit_scale.requires_grad is learnable
+
+
+def test_model_factory_hook_keeps_the_config_temperature_without_init(tiny_model_config):
+    model, _, _ = create_model_and_transforms(tiny_model_config.stem, init_inv_tau=None, learnable_inv_tau=True)
+    assert model.logit_scale.item() == pytest.approx(math.log(30.0))  # the config's init_logit_scale
+
+
+def test_validation_loss_averages_the_loss_of_each_validation_batch():
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
+    texts = torch.nn.functional.normalize(images + 0.5 * torch.randn(10, 8), dim=-1)
+    inv_tau = torch.tensor(30.0)
+    # Batches of 4: [0:4], [4:8], [8:10].
+    expected = (4 * cloob_loss(images[:4], texts[:4], inv_tau, 8.0) + 4 * cloob_loss(images[4:8], texts[4:8], inv_tau, 8.0)
+                + 2 * cloob_loss(images[8:], texts[8:], inv_tau, 8.0)) / 10
+    assert cloob_val_loss(images, texts, inv_tau, 8.0, batch_size=4) == pytest.approx(expected.item(), rel=1e-6)
+    # A trailing single row has no negative and is left out.
+    assert cloob_val_loss(images[:9], texts[:9], inv_tau, 8.0, batch_size=4) == pytest.approx(
+        cloob_val_loss(images[:8], texts[:8], inv_tau, 8.0, batch_size=4), rel=1e-6)
