@@ -121,3 +121,13 @@ def test_chunked_peak_memory_grows_linearly_not_quadratically():
     # the memory (linear); quadratic would be 16x. (Seen: 122 -> 213 MiB.)
     assert chunked_large < 4 * chunked_small, (chunked_small, chunked_large)
     assert chunked_large < direct_large, (chunked_large, direct_large)
+
+
+def test_chunked_retrieval_of_cancelling_memory_matches_normalize_at_eps():
+    # Two opposite stored patterns with equal weights retrieve the zero vector: F.normalize clamps
+    # the norm at eps there, and the chunked path must do the same in value and gradient.
+    memory = torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    state = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    direct = _value_and_grads(lambda s, m: hopfield_retrieval(s, m, 2.0), state, memory)
+    chunked = _value_and_grads(lambda s, m: hopfield_retrieval(s, m, 2.0, chunk_size=1), state, memory)
+    _assert_all_close(chunked, direct, rtol=1e-12, atol=1e-12)

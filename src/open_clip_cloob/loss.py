@@ -25,6 +25,7 @@ _logger = logging.getLogger(__name__)
 # Largest [rows, memory] block the chunked path materialises (64 MiB in float32). The automatic
 # choice uses the direct path while its biggest matrix stays within this budget.
 CHUNK_ELEMENTS = 1 << 24
+_NORMALIZE_EPS = 1e-12  # F.normalize's default
 
 
 def _chunks(n: int, chunk_size: int):
@@ -44,29 +45,46 @@ def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
     return (row_max + row_sum.log()).squeeze(1)
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[n, 1] row-wise dot products of two [n, d] tensors, without an [n, d] temporary."""
+    return torch.einsum("ij,ij->i", a, b).unsqueeze(1)
+
+
 class _ChunkedRetrieval(torch.autograd.Function):
-    """softmax_rows(β S Mᵀ) M, ``chunk_size`` state rows at a time; backward recomputes each block
-    from the saved row log-sum-exps (FlashAttention's scheme) instead of storing [n, m]."""
+    """rownorm(softmax_rows(β S Mᵀ) M), ``chunk_size`` state rows at a time; backward recomputes
+    each block from the saved row log-sum-exps (FlashAttention's scheme) instead of storing [n, m].
+    The row normalisation is part of the function so that autograd keeps no [n, d] temporaries."""
 
     @staticmethod
     def forward(ctx, state, memory, beta, chunk_size):
-        out = state.new_empty(state.shape[0], memory.shape[1])
+        retrieved = state.new_empty(state.shape[0], memory.shape[1])
         lse = state.new_empty(state.shape[0])
         for rows in _chunks(state.shape[0], chunk_size):
             probs = torch.mm(state[rows], memory.T).mul_(beta)
             lse[rows] = _softmax_rows_(probs)
-            torch.mm(probs, memory, out=out[rows])
-        ctx.save_for_backward(state, memory, out, lse)
+            torch.mm(probs, memory, out=retrieved[rows])
+        # As F.normalize: divide by max(‖o‖, eps).
+        norms = retrieved.norm(dim=1, keepdim=True).clamp_min_(_NORMALIZE_EPS)
+        unit = retrieved.div_(norms)
+        ctx.save_for_backward(state, memory, unit, norms, lse)
         ctx.beta, ctx.chunk_size = beta, chunk_size
-        return out
+        return unit
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
-        state, memory, out, lse = ctx.saved_tensors
+    def backward(ctx, grad_unit):
+        state, memory, unit, norms, lse = ctx.saved_tensors
         beta = ctx.beta
-        # d softmax: dScores = P ∘ (dP − rowsum(dP ∘ P)), with rowsum(dP ∘ P) = dO_i · O_i.
-        delta = (grad_out * out).sum(dim=1, keepdim=True)
+        # Through u = o / ‖o‖: dO = (dU − u (dU·u)) / ‖o‖ (rows clamped at eps: dU / eps). Built in
+        # place, and row dot products via einsum: no [n, d] temporaries at the memory peak.
+        radial = _row_dot(grad_unit, unit)
+        grad_out = torch.mul(unit, radial).neg_().add_(grad_unit)
+        clamped = norms <= _NORMALIZE_EPS
+        if clamped.any():
+            grad_out = torch.where(clamped, grad_unit, grad_out)
+        grad_out.div_(norms)
+        # Through softmax: dScores = P ∘ (dP − rowsum(dP ∘ P)), with rowsum(dP ∘ P) = dO_i · O_i.
+        delta = _row_dot(grad_out, unit).mul_(norms)
         grad_state = torch.empty_like(state)
         grad_memory = torch.zeros_like(memory)
         for rows in _chunks(state.shape[0], ctx.chunk_size):
@@ -103,7 +121,7 @@ class _ChunkedInfoLoob(torch.autograd.Function):
             probs = _mask_positives(similarities * inv_tau, rows.start + offset)
             lse[rows] = _softmax_rows_(probs)
             if with_grad:
-                grad_inv_tau += (probs * similarities).sum()
+                grad_inv_tau += torch.einsum("ij,ij->", probs, similarities)
                 grad_anchors[rows] += torch.mm(probs, candidates)
                 grad_candidates.addmm_(probs.T, anchors[rows])
         if with_grad:
@@ -146,11 +164,9 @@ def hopfield_retrieval(
     Returns:
         [n, d] retrieved patterns with unit rows.
     """
-    if chunk_size is None:
-        retrieved = torch.softmax(beta * (state @ memory.T), dim=-1) @ memory
-    else:
-        retrieved = _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
-    return F.normalize(retrieved, dim=-1)
+    if chunk_size is not None:
+        return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
+    return F.normalize(torch.softmax(beta * (state @ memory.T), dim=-1) @ memory, dim=-1)
 
 
 def cross_hopfield_retrieval(
@@ -342,10 +358,12 @@ class CloobLoss(nn.Module):
             text_from_images, image_from_texts = cross_hopfield_retrieval(image_memory, text_memory, beta)  # U_y, V_x
             text_from_texts = hopfield_retrieval(text_memory, text_memory, beta)  # V_y
         else:
-            # Both modalities query one memory at once: [x; y] against X gives U_x and U_y.
-            states = torch.cat([image_states, text_states])
-            image_from_images, text_from_images = hopfield_retrieval(states, image_memory, beta, chunk_size).chunk(2)
-            image_from_texts, text_from_texts = hopfield_retrieval(states, text_memory, beta, chunk_size).chunk(2)
+            # Four separate calls rather than stacked [x; y] states: each call saves its own inputs
+            # for backward, where a stacked copy would add [2N, d] tensors to the memory peak.
+            image_from_images = hopfield_retrieval(image_states, image_memory, beta, chunk_size)
+            text_from_images = hopfield_retrieval(text_states, image_memory, beta, chunk_size)
+            image_from_texts = hopfield_retrieval(image_states, text_memory, beta, chunk_size)
+            text_from_texts = hopfield_retrieval(text_states, text_memory, beta, chunk_size)
 
         offset = 0
         if local:
