@@ -18,22 +18,36 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``train_one_epoch``: records the CLOOB settings in the checkpoint. OpenCLIP builds the checkpoint
   dict itself with fixed keys; the only CLOOB-controlled object inside it is the optimizer's state
   dict, so they are stored as ``checkpoint["optimizer"]["cloob"]`` (ignored by
-  ``Optimizer.load_state_dict``, so ``--resume`` and OpenCLIP's own tools are unaffected).
-- ``open_clip_train.train.get_clip_metrics`` (with ``--loss cloob``): adds ``cloob_val_loss``, the
-  CLOOB loss over the ``--val-data`` batches, to the metrics ``evaluate()`` logs, writes to
-  ``results.jsonl`` and sends to tensorboard/wandb.
+  ``Optimizer.load_state_dict``, so ``--resume`` and OpenCLIP's own tools are unaffected). It also
+  runs the epoch through :class:`training.reliability.StepLoader` (step boundaries: non-finite
+  steps, ``--save-every-n-steps``, preemption signals; resuming inside the epoch, with the learning
+  rate schedule shifted by the steps already done) and puts the non-finite guard on the loss and
+  the optimizer.
+- ``open_clip_train.data.CsvDataset``: :class:`training.data_checks.CheckedCsvDataset` (structural
+  checks at start, broken samples skipped and counted, ``--max-bad-samples``).
+- ``open_clip_train.data.get_wds_dataset``: :func:`training.data_checks.check_shards` first.
+- ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint`, weights_only loading
+  that also reads the mid-epoch position of a step checkpoint.
+- ``torch.save``: :func:`training.reliability.atomic_save` (temporary file, fsync, rename), so the
+  checkpoints OpenCLIP writes at epoch ends are never seen truncated. Process-wide, like DDP below:
+  ``main()`` reaches it through ``torch``.
+- ``open_clip_train.train.get_clip_metrics``: adds ``cloob_val_loss`` (with ``--loss cloob``), the
+  CLOOB loss over the ``--val-data`` batches, and the broken-sample counts of CSV data to the
+  metrics ``evaluate()`` logs, writes to ``results.jsonl`` and sends to tensorboard/wandb.
 - ``torch.nn.parallel.DistributedDataParallel``: OpenCLIP passes ``device_ids=[device]`` also for a
   CPU device, which torch rejects; the subclass drops CPU device ids so DDP runs on CPU with gloo
   (a no-op on GPUs). This one is process-wide: ``main()`` reaches it through ``torch``.
 """
 import argparse
+import dataclasses
 import logging
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import open_clip_train.data as openclip_data
 import open_clip_train.main as openclip_main
 import open_clip_train.train as openclip_train
 import torch
@@ -41,6 +55,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from open_clip_cloob import CloobLoss, cloob_loss
 from training import params
+from training.data_checks import BadSampleCounter, CheckedCsvDataset, check_shards
+from training.reliability import (
+    EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, atomic_save, load_checkpoint)
 from training.scheduler import cosine_restarts_lr
 
 
@@ -68,6 +85,12 @@ HOOKS: Tuple[Hook, ...] = (
          ("image_features", "text_features", "logit_scale")),
     Hook("torch.nn.parallel", "DistributedDataParallel", "open_clip_train.main.main",
          ("module", "device_ids")),
+    Hook("open_clip_train.data", "CsvDataset", "open_clip_train.data.get_csv_dataset",
+         ("input_filename", "transforms", "img_key", "caption_key", "sep", "tokenizer")),
+    Hook("open_clip_train.data", "get_wds_dataset", "open_clip_train.data.get_dataset_fn",
+         ("args", "preprocess_img", "is_train", "epoch", "floor", "tokenizer")),
+    Hook("open_clip_train.main", "pt_load", "open_clip_train.main.main", ("file_path", "map_location")),
+    Hook("torch", "save", "open_clip_train.main.main", ("obj", "f")),
 )
 
 # Upstream functions called directly (dotted name -> parameters relied on, in order).
@@ -77,6 +100,7 @@ CALLED: Dict[str, Tuple[str, ...]] = {
     "open_clip_train.scheduler.assign_learning_rate": ("optimizer", "new_lr"),
     "open_clip.create_loss": ("args",),
     "open_clip.add_model_config": ("path",),
+    "open_clip_train.data.expand_urls": ("urls", "weights"),
 }
 
 # The originals, captured at import so that installing twice never wraps a replacement.
@@ -84,9 +108,22 @@ _openclip_create_model_and_transforms = openclip_main.create_model_and_transform
 _openclip_create_loss = openclip_main.create_loss
 _openclip_train_one_epoch = openclip_main.train_one_epoch
 _openclip_get_clip_metrics = openclip_train.get_clip_metrics
+_openclip_get_wds_dataset = openclip_data.get_wds_dataset
 
 CHECKPOINT_KEY = "cloob"
-_optimizers_with_settings: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+# Optimizers that already carry this package's hooks (train_one_epoch runs once per epoch).
+_optimizers_hooked: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+
+
+@dataclass
+class RunState:
+    """Per-process reliability state shared by the hooks of one run."""
+
+    resume: ResumeState
+    preemption: PreemptionSignal
+    guard: NonFiniteGuard
+    # Broken-sample counters of the CSV datasets ('train', 'val'), as of the latest training epoch.
+    counters: Dict[str, BadSampleCounter] = field(default_factory=dict)
 
 
 class CpuCapableDistributedDataParallel(DistributedDataParallel):
@@ -131,15 +168,56 @@ def create_loss(args: argparse.Namespace) -> torch.nn.Module:
     )
 
 
-def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
-    """OpenCLIP's epoch, with the CLOOB settings attached to the optimizer's (checkpointed) state dict."""
-    if optimizer not in _optimizers_with_settings:
-        settings = params.cloob_settings(args)
-        optimizer.register_state_dict_post_hook(
-            lambda _optimizer, state_dict: {**state_dict, CHECKPOINT_KEY: settings})
-        _optimizers_with_settings.add(optimizer)
-    return _openclip_train_one_epoch(
+def _attach_hooks(optimizer: torch.optim.Optimizer, loss: torch.nn.Module, args: argparse.Namespace,
+                  guard: NonFiniteGuard) -> None:
+    """Once per run (optimizer): CLOOB settings in the optimizer's state dict, the non-finite guard."""
+    if optimizer in _optimizers_hooked:
+        return
+    settings = params.cloob_settings(args)
+    optimizer.register_state_dict_post_hook(
+        lambda _optimizer, state_dict: {**state_dict, CHECKPOINT_KEY: settings})
+    guard.attach(optimizer, loss)
+    _optimizers_hooked.add(optimizer)
+
+
+def _shifted(scheduler: Callable[[int], float], offset: int) -> Callable[[int], float]:
+    """``scheduler`` for an epoch whose first ``offset`` steps were done before a resume."""
+    return lambda step: scheduler(step + offset)
+
+
+def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None, *,
+                    run: RunState):
+    """OpenCLIP's epoch with the CLOOB settings in its checkpoints and :mod:`training.reliability`."""
+    _attach_hooks(optimizer, loss, args, run.guard)
+    run.counters = {name: counter for name, info in data.items() if (counter := _bad_sample_counter(info))}
+    for counter in run.counters.values():
+        counter.reset()  # one pass each: this training epoch, then the evaluation after it
+    train = data["train"]
+    steps_per_epoch = train.dataloader.num_batches // args.accum_freq
+    session = EpochSession(args, epoch, model, optimizer, scaler, run.guard, run.preemption, steps_per_epoch)
+    point = run.resume.take(epoch)
+    skip = point.step if point is not None else 0
+    loader = StepLoader(train.dataloader, args.accum_freq, skip, args.seed + epoch,
+                        point.rng_of(args) if point is not None else None, session.on_step_end)
+    data = {**data, "train": dataclasses.replace(train, dataloader=loader)}
+    if skip:
+        scheduler = _shifted(scheduler, skip)
+    _openclip_train_one_epoch(
         model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
+    if "train" in run.counters:
+        logging.info("Epoch %d: %d broken training samples skipped", epoch, run.counters["train"].count)
+
+
+def _bad_sample_counter(info: Any) -> Optional[BadSampleCounter]:
+    """The broken-sample counter of a dataset's loader, when it reads a CSV."""
+    dataset = getattr(info.dataloader, "dataset", None)
+    return dataset.counter if isinstance(dataset, CheckedCsvDataset) else None
+
+
+def get_wds_dataset(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+    """OpenCLIP's webdataset pipeline, after checking that its shards exist."""
+    check_shards(args.train_data if is_train else args.val_data)
+    return _openclip_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
 
 
 def cloob_val_loss(
@@ -167,28 +245,41 @@ def cloob_val_loss(
     return total / count if count else math.nan
 
 
-def get_clip_metrics(image_features, text_features, logit_scale, *, hopfield_beta: float, batch_size: int):
-    """OpenCLIP's retrieval metrics plus ``cloob_val_loss``."""
+def get_clip_metrics(image_features, text_features, logit_scale, *, run: RunState, hopfield_beta: Optional[float],
+                     batch_size: int):
+    """OpenCLIP's retrieval metrics, ``cloob_val_loss`` (given ``hopfield_beta``), broken-sample counts.
+
+    The counts (``broken_train_samples`` of the epoch just trained, ``broken_val_samples`` of this
+    evaluation) are there for CSV data; ``evaluate()`` logs them and writes them to ``results.jsonl``.
+    """
     metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
-    metrics["cloob_val_loss"] = cloob_val_loss(
-        image_features, text_features, logit_scale, hopfield_beta, batch_size)
+    if hopfield_beta is not None:
+        metrics["cloob_val_loss"] = cloob_val_loss(
+            image_features, text_features, logit_scale, hopfield_beta, batch_size)
+    metrics.update({f"broken_{name}_samples": counter.count for name, counter in run.counters.items()})
     return metrics
 
 
 def install_hooks(args: argparse.Namespace) -> None:
     """Replace OpenCLIP's names in this process for a run configured by the resolved ``args``.
 
-    Idempotent; the replacements call the originals captured at import.
+    Idempotent; the replacements call the originals captured at import. Also installs the
+    preemption signal handlers (SIGUSR1, SIGTERM) of this process.
     """
+    run = RunState(ResumeState(), PreemptionSignal(), NonFiniteGuard(args.max_nonfinite_steps))
+    run.preemption.install()
     openclip_main.parse_args = params.parse_args
     openclip_main.create_model_and_transforms = partial(
         create_model_and_transforms, init_inv_tau=args.init_inv_tau, learnable_inv_tau=args.learnable_inv_tau)
     openclip_main.create_loss = create_loss
-    openclip_main.train_one_epoch = train_one_epoch
+    openclip_main.train_one_epoch = partial(train_one_epoch, run=run)
+    openclip_main.pt_load = partial(load_checkpoint, resume=run.resume)
+    openclip_data.CsvDataset = partial(CheckedCsvDataset, max_bad_samples=args.max_bad_samples)
+    openclip_data.get_wds_dataset = get_wds_dataset
+    torch.save = atomic_save
     torch.nn.parallel.DistributedDataParallel = CpuCapableDistributedDataParallel
     if args.restart_cycles > 1:
         openclip_main.cosine_lr = partial(cosine_restarts_lr, cycles=args.restart_cycles)
-    if args.loss == "cloob":
-        openclip_train.get_clip_metrics = partial(
-            get_clip_metrics, hopfield_beta=args.hopfield_beta, batch_size=args.batch_size)
-
+    openclip_train.get_clip_metrics = partial(
+        get_clip_metrics, run=run, hopfield_beta=args.hopfield_beta if args.loss == "cloob" else None,
+        batch_size=args.batch_size)

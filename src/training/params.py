@@ -58,13 +58,34 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the flags of :mod:`training.reliability` (preemption, step checkpoints, numeric faults)."""
+    group = parser.add_argument_group("Reliability")
+    group.add_argument(
+        "--save-every-n-steps", type=int, default=0, metavar="N",
+        help="Also write a checkpoint every N optimizer steps (counted over the whole run), inside "
+             "epochs: epoch_latest.pt with --save-most-recent, otherwise epoch_E_step_S.pt (older "
+             "step checkpoints are deleted). --resume latest continues from it at that step. 0: off. "
+             "A SIGUSR1 or SIGTERM always writes one and exits with status 75.")
+    group.add_argument(
+        "--max-nonfinite-steps", type=int, default=20, metavar="N",
+        help="Optimizer steps with a non-finite loss or gradient are skipped (weights and optimizer "
+             "state untouched); N of them in a row save a checkpoint and stop the run (default 20).")
+    group.add_argument(
+        "--max-bad-samples", type=int, default=1000, metavar="N",
+        help="CSV data: broken samples (missing, truncated or corrupt image, empty or non-UTF-8 caption) "
+             "are replaced by the next readable row, counted and the first few logged; more than N in "
+             "one pass over the training or validation data stop the run (default 1000).")
+    return parser
+
+
 def _cloob_parser() -> argparse.ArgumentParser:
     # No abbreviations: a prefix of an OpenCLIP flag must never be taken for a CLOOB flag.
     parser = argparse.ArgumentParser(
         prog="python -m training.main", add_help=False, allow_abbrev=False,
         description=f"OpenCLIP's training with the CLOOB loss. Accepts every OpenCLIP flag; "
                     f"--lr-scheduler also accepts '{COSINE_RESTARTS}'.")
-    return add_cloob_args(parser)
+    return add_reliability_args(add_cloob_args(parser))
 
 
 def is_cloob_model(model_name: str) -> bool:
@@ -103,6 +124,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--hopfield-beta must be > 0")
     if args.restart_cycles < 1:
         parser.error("--restart-cycles must be at least 1")
+    if args.save_every_n_steps < 0:
+        parser.error("--save-every-n-steps must be >= 0")
+    if args.max_bad_samples < 0:
+        parser.error("--max-bad-samples must be >= 0")
+    if args.max_nonfinite_steps < 1:
+        parser.error("--max-nonfinite-steps must be at least 1")
     if args.lr_scheduler == COSINE_RESTARTS:
         # OpenCLIP's main only dispatches its own scheduler names; cosine-restarts runs through its
         # 'cosine' branch, whose factory training.openclip_hooks replaces by cosine_restarts_lr.

@@ -1,0 +1,402 @@
+"""Preemption, mid-epoch checkpoints, numeric faults and safe checkpoint files for ``training.main``.
+
+:mod:`training.openclip_hooks` wires these pieces into OpenCLIP's loop without copying it:
+
+- :func:`atomic_save` replaces ``torch.save``: a checkpoint appears under its name complete or not
+  at all (temporary file, fsync, rename), so a kill during a write never leaves a truncated
+  ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``.
+- :func:`load_checkpoint` replaces OpenCLIP's ``pt_load``: ``torch.load(weights_only=True)``, a
+  pickle that would run code is refused with :class:`~open_clip_cloob.convert.CheckpointError`; it
+  also picks up the mid-epoch position of a step checkpoint.
+- :class:`StepLoader` wraps the training dataloader of one epoch. A batch is only requested once the
+  previous optimizer step is complete (backward, step, ``logit_scale`` clamp, logging), so the
+  request is the step boundary where :class:`EpochSession` checks numeric faults, writes the
+  ``--save-every-n-steps`` checkpoint and acts on a preemption signal. On resume it skips the steps
+  already done without loading their images.
+- :class:`NonFiniteGuard` skips an optimizer step whose loss or gradient is not finite.
+
+A step checkpoint is OpenCLIP's checkpoint dict (``epoch`` = completed epochs, ``state_dict``,
+``optimizer``, ``scaler``) plus :data:`RESUME_KEY` = ``{"step": steps done in the epoch, "rng":
+random states of each rank}``; OpenCLIP's own resume ignores the extra key and restarts that epoch.
+"""
+import argparse
+import glob
+import logging
+import os
+import pickle
+import random
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import fsspec
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, RandomSampler
+
+from open_clip_cloob.convert import CheckpointError
+
+RESUME_KEY = "cloob_resume"
+LATEST_CHECKPOINT_NAME = "epoch_latest.pt"  # OpenCLIP's name for --save-most-recent
+# Natural sort (OpenCLIP's --resume latest) puts epoch_E_step_S.pt after epoch_E.pt, before epoch_E+1.pt.
+STEP_CHECKPOINT_NAME = "epoch_{epoch}_step_{step}.pt"
+STEP_CHECKPOINT_GLOB = "epoch_*_step_*.pt"
+# Hidden and not *.pt: OpenCLIP's --resume latest glob never sees a file being written.
+PARTIAL_NAME = ".{name}.partial"
+PARTIAL_GLOB = ".*.partial"
+# sysexits.h EX_TEMPFAIL: "try again later"; job scripts requeue on it.
+PREEMPTED_EXIT_CODE = 75
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+_torch_save = torch.save  # captured at import: installing the hook twice never wraps the wrapper
+
+
+class Preempted(Exception):
+    """A preemption signal arrived; a checkpoint of the current step has been written."""
+
+
+class NumericFaultError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    """``torch.save`` that writes a path through a temporary file (:data:`PARTIAL_NAME`), fsync, rename.
+
+    File objects go straight to ``torch.save``.
+    """
+    if not isinstance(f, (str, os.PathLike)):
+        _torch_save(obj, f, *args, **kwargs)
+        return
+    path = os.fspath(f)
+    tmp = os.path.join(os.path.dirname(path), PARTIAL_NAME.format(name=os.path.basename(path)))
+    try:
+        with open(tmp, "wb") as out:
+            _torch_save(obj, out, *args, **kwargs)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class ResumePoint:
+    """Where a step checkpoint was taken: inside epoch ``epoch`` (0-based), after ``step`` steps.
+
+    ``rng`` holds the random states of every rank, in rank order.
+    """
+
+    epoch: int
+    step: int
+    rng: List[Dict[str, Any]]
+
+    def rng_of(self, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+        """This rank's random states; ``None`` (with a warning) when the number of ranks changed."""
+        if len(self.rng) == args.world_size:
+            return self.rng[args.rank]
+        logging.warning("The checkpoint was written by %d ranks, this run has %d: random states not restored, "
+                        "data augmentation will differ from an uninterrupted run", len(self.rng), args.world_size)
+        return None
+
+
+def load_checkpoint(file_path: str, map_location: Any = None, *, resume: "ResumeState") -> Dict[str, Any]:
+    """OpenCLIP's ``pt_load`` with ``weights_only=True``; records a step checkpoint's position in ``resume``."""
+    with fsspec.open(file_path, "rb") as f:
+        try:
+            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"{file_path}: refused to load. It holds objects other than tensors and plain containers, "
+                "which unpickling would construct by running code (torch.load weights_only=True): "
+                f"{str(error).splitlines()[0]} Load only checkpoints written by training; re-save a "
+                "trusted file's state_dict with torch.save.") from error
+    position = checkpoint.get(RESUME_KEY) if isinstance(checkpoint, dict) else None
+    resume.point = None if position is None else ResumePoint(checkpoint["epoch"], position["step"], position["rng"])
+    if resume.point is not None:
+        logging.info("Resuming inside epoch %d after %d steps", resume.point.epoch, resume.point.step)
+    return checkpoint
+
+
+@dataclass
+class ResumeState:
+    """The mid-epoch position of the checkpoint being resumed, consumed by the first epoch that runs."""
+
+    point: Optional[ResumePoint] = None
+
+    def take(self, epoch: int) -> Optional[ResumePoint]:
+        """The position to resume in ``epoch``, once; ``None`` when the epoch starts from its beginning."""
+        point, self.point = self.point, None
+        return point if point is not None and point.epoch == epoch else None
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random state data augmentation may draw from, as plain lists and numbers.
+
+    Plain Python objects load with ``weights_only=True`` and travel through ``all_gather_object``.
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [device_state.tolist() for device_state in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(device_state, dtype=torch.uint8) for device_state in state["cuda"]])
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank; every rank must call this at the same point.
+
+    Decisions that change the control flow (skip a step, save, stop) must be the same on all ranks,
+    or the next collective operation hangs.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    tensor = torch.tensor([int(flag)], device=torch.cuda.current_device() if on_gpu else "cpu")
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+class PreemptionSignal:
+    """Remembers that SIGUSR1 or SIGTERM arrived; acted on at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+
+    def install(self) -> None:
+        """Handle :data:`PREEMPTION_SIGNALS` in this process (the handler only records the signal)."""
+        for signum in PREEMPTION_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+
+    def describe(self) -> str:
+        """The signal's name, or that another rank received one."""
+        return signal.Signals(self.received).name if self.received is not None else "signal on another rank"
+
+    def agreed(self) -> bool:
+        """Whether any rank received a signal: all ranks stop at the same step."""
+        return any_rank(self.received is not None)
+
+
+class NonFiniteGuard:
+    """Skips optimizer steps with a non-finite loss or gradient and counts them.
+
+    The loss hook reports each loss; an optimizer step pre-hook drops every gradient (AdamW and SGD
+    leave a parameter without gradient untouched, state included) when the loss or gradient norm is
+    not finite. Under AMP the GradScaler skips inf/NaN gradients itself and then never calls
+    ``optimizer.step``; a non-finite *loss* still counts as a bad step there, so a run whose loss is
+    permanently NaN stops instead of shrinking the loss scale forever.
+    """
+
+    def __init__(self, max_consecutive: int) -> None:
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.skipped = 0
+        self._losses: List[torch.Tensor] = []
+        self._grads_bad = False
+
+    def attach(self, optimizer: torch.optim.Optimizer, loss: torch.nn.Module) -> None:
+        """Guard ``optimizer``'s steps and watch ``loss`` (a module returning a dict of losses)."""
+        optimizer.register_step_pre_hook(self.before_optimizer_step)
+        loss.register_forward_hook(lambda _loss, _inputs, losses: self.record_loss(sum(losses.values())))
+
+    def record_loss(self, total_loss: torch.Tensor) -> None:
+        """Remember a (micro-batch) loss of the current step; checked when the step ends."""
+        self._losses.append(total_loss.detach())
+
+    def _loss_bad(self) -> bool:
+        return bool(self._losses) and not bool(torch.isfinite(torch.stack(self._losses)).all())
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """Optimizer step pre-hook: drop all gradients when the loss or the gradient norm is not finite."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        if any_rank(self._loss_bad() or not bool(torch.isfinite(grad_norm))):
+            self._grads_bad = True
+            for p in params:
+                p.grad = None
+
+    def end_step(self, global_step: int) -> bool:
+        """Account for the step that just ended; True when the run must stop."""
+        bad = any_rank(self._grads_bad or self._loss_bad())
+        self._losses, self._grads_bad = [], False
+        if not bad:
+            self.consecutive = 0
+            return False
+        self.consecutive += 1
+        self.skipped += 1
+        logging.warning("Step %d: non-finite loss or gradient, optimizer step skipped (%d in a row, %d in total)",
+                        global_step, self.consecutive, self.skipped)
+        return self.consecutive >= self.max_consecutive
+
+
+_END = object()
+
+
+class _SkipFirst:
+    """A sampler without its first ``count`` indices (same length, so the batch count stays put)."""
+
+    def __init__(self, sampler: Any, count: int) -> None:
+        self.sampler, self.count = sampler, count
+
+    def __iter__(self) -> Iterator[int]:
+        iterator = iter(self.sampler)
+        for _ in range(self.count):
+            next(iterator, None)
+        return iterator
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class StepLoader:
+    """One epoch of the training dataloader, calling ``on_step_end(steps_done)`` at step boundaries.
+
+    ``skip_steps`` steps (resume) are left out: a map-style loader skips their indices in the
+    sampler, so their images are never read and the rest comes in the original order; another
+    loader (webdataset) just yields that many fewer batches. ``epoch_seed`` seeds a plain
+    ``RandomSampler`` so the order is a function of seed and epoch, not of the global generator.
+    ``rng`` (resume) is restored after the loader's iterator is created, before the first batch.
+    """
+
+    def __init__(self, loader: Any, accum_freq: int, skip_steps: int, epoch_seed: int,
+                 rng: Optional[Dict[str, Any]], on_step_end: Callable[[int], None]) -> None:
+        self.loader, self.accum_freq, self.skip_steps = loader, accum_freq, skip_steps
+        self.epoch_seed, self.rng, self.on_step_end = epoch_seed, rng, on_step_end
+        self.num_batches, self.num_samples = loader.num_batches, loader.num_samples
+
+    def _batch_sampler(self) -> Optional[BatchSampler]:
+        batch_sampler = getattr(self.loader, "batch_sampler", None)
+        return batch_sampler if isinstance(batch_sampler, BatchSampler) else None
+
+    def __iter__(self) -> Iterator[Any]:
+        batch_sampler = self._batch_sampler()
+        original = batch_sampler.sampler if batch_sampler is not None else None
+        if isinstance(original, RandomSampler):
+            original.generator = torch.Generator().manual_seed(self.epoch_seed)
+        skipped_batches = self.skip_steps * self.accum_freq
+        if original is not None and skipped_batches:
+            # Installed for the whole epoch: the batch sampler reads it lazily, at its first batch.
+            batch_sampler.sampler = _SkipFirst(original, skipped_batches * batch_sampler.batch_size)
+        try:
+            iterator = iter(self.loader)
+            if self.rng is not None:
+                set_rng_state(self.rng)
+            yield from self._batches(iterator, self.num_batches - skipped_batches)
+        finally:
+            if original is not None:
+                batch_sampler.sampler = original
+
+    def _batches(self, iterator: Iterator[Any], limit: int) -> Iterator[Any]:
+        # The boundary comes before the next batch is fetched: fetching reads images and draws
+        # augmentation randomness, which belongs to the next step (and its checkpoint's RNG state).
+        yielded, reported = 0, None
+        while yielded < limit:
+            if yielded and yielded % self.accum_freq == 0:
+                reported = self.skip_steps + yielded // self.accum_freq
+                self.on_step_end(reported)
+            batch = next(iterator, _END)
+            if batch is _END:
+                break
+            yield batch
+            yielded += 1
+        if self.skip_steps + yielded // self.accum_freq != reported:
+            self.on_step_end(self.skip_steps + yielded // self.accum_freq)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+@dataclass
+class EpochSession:
+    """What happens at the step boundaries of one epoch: fault check, periodic save, preemption."""
+
+    args: argparse.Namespace
+    epoch: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    guard: NonFiniteGuard
+    preemption: PreemptionSignal
+    steps_per_epoch: int
+
+    def on_step_end(self, steps_done: int) -> None:
+        """Called once the ``steps_done``-th optimizer step of the epoch is complete."""
+        global_step = self.epoch * self.steps_per_epoch + steps_done
+        if steps_done and self.guard.end_step(global_step - 1):
+            path = self.save(steps_done)
+            raise NumericFaultError(
+                f"{self.guard.consecutive} consecutive steps had a non-finite loss or gradient (the last "
+                f"{global_step - 1}); none of them changed the weights, saved in {path}. Lower --lr, use "
+                "--grad-clip-norm or --precision amp_bf16/fp32, or check the data.")
+        every = self.args.save_every_n_steps
+        saved = bool(every) and global_step % every == 0
+        path = self.save(steps_done) if saved else None
+        # All ranks agree on the signal, so they all call save() (which synchronises them) or none does.
+        if self.preemption.agreed():
+            if not saved:
+                path = self.save(steps_done)
+            raise Preempted(f"{self.preemption.describe()}: step {global_step} (epoch {self.epoch}, step "
+                            f"{steps_done}) saved {f'in {path}' if path else 'by the logging rank'}; "
+                            "continue with --resume latest")
+
+    def save(self, steps_done: int) -> Optional[str]:
+        """Write a step checkpoint on the logging rank, the other ranks wait; returns its path there."""
+        path = None
+        states = [rng_state()]
+        if self.args.distributed:
+            states = [None] * self.args.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+        if self.args.save_logs:
+            model = getattr(self.model, "_orig_mod", self.model)  # torch.compile keeps the weights there
+            checkpoint = {
+                "epoch": self.epoch,
+                "name": self.args.name,
+                "state_dict": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                RESUME_KEY: {"step": steps_done, "rng": states},
+            }
+            if self.scaler is not None:
+                checkpoint["scaler"] = self.scaler.state_dict()
+            path = write_step_checkpoint(checkpoint, self.args)
+        if self.args.distributed:
+            torch.distributed.barrier()
+        return path
+
+
+def write_step_checkpoint(checkpoint: Dict[str, Any], args: argparse.Namespace) -> str:
+    """Write ``checkpoint`` where ``--resume latest`` finds it and drop older step checkpoints.
+
+    With ``--save-most-recent`` that is ``epoch_latest.pt`` (the only file resume looks at then),
+    otherwise ``epoch_E_step_S.pt``, which sorts after ``epoch_E.pt`` and before ``epoch_E+1.pt``.
+    """
+    if args.save_most_recent:
+        name = LATEST_CHECKPOINT_NAME
+    else:
+        name = STEP_CHECKPOINT_NAME.format(epoch=checkpoint["epoch"], step=checkpoint[RESUME_KEY]["step"])
+    path = os.path.join(args.checkpoint_path, name)
+    atomic_save(checkpoint, path)
+    # Older step checkpoints, and the remains of writes a kill cut short (only this process writes here).
+    stale = glob.glob(os.path.join(args.checkpoint_path, STEP_CHECKPOINT_GLOB))
+    stale += glob.glob(os.path.join(args.checkpoint_path, PARTIAL_GLOB))
+    for old in stale:
+        if old != path:
+            os.remove(old)
+    logging.info("Saved step checkpoint %s", path)
+    return path

@@ -1,0 +1,120 @@
+"""Numeric faults and untrusted checkpoint files.
+
+- A NaN loss skips the optimizer step (weights and AdamW state untouched) in fp32 and through the
+  GradScaler; a finite step afterwards trains normally.
+- A real ``training.main`` run whose loss is always NaN stops after ``--max-nonfinite-steps`` with
+  a checkpoint holding the unchanged weights.
+- A checkpoint whose unpickling would run code is refused, and the code does not run.
+"""
+import os
+
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_MODEL, launch, training_argv
+from open_clip_cloob import CloobLoss
+from open_clip_cloob.convert import CheckpointError
+from open_clip_cloob.offline_data import load_fashion_mnist, make_captions
+from training.reliability import NonFiniteGuard, ResumeState, load_checkpoint
+
+
+@pytest.fixture
+def tiny_setup(tiny_model_config, fashion_mnist_available):
+    """The tiny model, AdamW, the CLOOB loss under a guard, and one real image-text batch."""
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, output_dict=True)
+    images, labels = load_fashion_mnist("test")
+    batch = torch.stack([preprocess(Image.fromarray(image)) for image in images[:8]])
+    texts = open_clip.get_tokenizer(TINY_MODEL)(make_captions(labels[:8]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = CloobLoss()
+    guard = NonFiniteGuard(max_consecutive=2)
+    guard.attach(optimizer, loss)
+    return model, optimizer, loss, guard, batch, texts
+
+
+def _weights(model: torch.nn.Module) -> dict:
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def _loss(model, loss, images, texts, factor: float) -> torch.Tensor:
+    """The total loss of one batch with the image features times ``factor`` (NaN: a numeric fault)."""
+    features = model(images, texts)
+    features["image_features"] = features["image_features"] * factor
+    return sum(loss(**features, output_dict=True).values())
+
+
+def test_nan_loss_skips_the_step_and_a_finite_step_trains(tiny_setup):
+    model, optimizer, loss, guard, images, texts = tiny_setup
+    before = _weights(model)
+    _loss(model, loss, images, texts, float("nan")).backward()
+    optimizer.step()
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    assert optimizer.state_dict()["state"] == {}
+    assert guard.end_step(0) is False and (guard.skipped, guard.consecutive) == (1, 1)
+
+    optimizer.zero_grad()
+    _loss(model, loss, images, texts, 1.0).backward()
+    optimizer.step()
+    assert guard.end_step(1) is False and (guard.skipped, guard.consecutive) == (1, 0)
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_grad_scaler_path_skips_nan_steps_and_counts_them(tiny_setup):
+    model, optimizer, loss, guard, images, texts = tiny_setup
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    before = _weights(model)
+    for step in range(2):
+        optimizer.zero_grad()
+        scaler.scale(_loss(model, loss, images, texts, float("nan"))).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        stop = guard.end_step(step)
+    assert stop and guard.consecutive == 2  # max_consecutive=2: the run would stop here
+    assert scaler.get_scale() < 2.0 ** 10  # the scaler saw the infs and backed off, as usual
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+    optimizer.zero_grad()
+    scaler.scale(_loss(model, loss, images, texts, 1.0)).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert guard.end_step(2) is False and guard.consecutive == 0
+    assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_a_run_with_a_permanently_nan_loss_stops_with_a_checkpoint_of_unchanged_weights(
+        tmp_path, fashion_mnist_data, tiny_model_config):
+    model = open_clip.create_model(TINY_MODEL)
+    with torch.no_grad():
+        model.logit_scale.fill_(float("nan"))  # every CLOOB loss of this model is NaN
+    poisoned = model.state_dict()
+    torch.save(poisoned, tmp_path / "poisoned.pt")
+    argv = training_argv(
+        tmp_path, "nan", "--train-data", str(fashion_mnist_data["small_csv"]), "--batch-size", "16",
+        "--epochs", "1", "--pretrained", str(tmp_path / "poisoned.pt"), "--max-nonfinite-steps", "3")
+    process = launch(argv, tmp_path / "nan.stdout")
+    assert process.wait(timeout=300) == 1
+    log = (tmp_path / "nan" / "out.log").read_text()
+    assert "Step 2: non-finite loss or gradient, optimizer step skipped (3 in a row, 3 in total)" in log
+    assert "NumericFaultError: 3 consecutive steps had a non-finite loss or gradient" in log
+    saved = torch.load(tmp_path / "nan" / "checkpoints" / "epoch_0_step_3.pt", weights_only=True)
+    assert saved["optimizer"]["state"] == {}
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(value, poisoned[key]) or key == "logit_scale"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "state_dict": {}, "payload": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(str(path), map_location="cpu", resume=ResumeState())
+    assert not marker.exists()
