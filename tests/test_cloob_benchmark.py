@@ -12,23 +12,13 @@ from cloob_checkpoints import CLOOB_SETTINGS, random_model, tiny_model_dir, trai
 from open_clip_cloob import benchmark
 from open_clip_cloob.export import export_model_folder
 from open_clip_cloob.offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist,
-                                          make_captions, write_webdataset_shards)
+                                          make_captions, write_clip_benchmark_set)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_SCRIPT = REPO / "scripts" / "zeroshot_paper.sh"
 TABLE_SCRIPT = REPO / "scripts" / "zeroshot_paper_table.py"
 PAPER_TEMPLATES = REPO / "scripts" / "zeroshot_paper_templates.json"
 NUM_IMAGES = 60
-
-
-def _write_wds_set(root: Path, images, captions, labels, extra_files) -> Path:
-    """A CLIP_benchmark ``wds/`` dataset folder: ``test/{0,1}.tar``, ``test/nshards.txt`` and ``extra_files``."""
-    shards = write_webdataset_shards(root / "test", images, captions, labels, samples_per_shard=len(images) // 2,
-                                     shard_name="{index}.tar")
-    (root / "test" / "nshards.txt").write_text(str(len(shards)))
-    for name, text in extra_files.items():
-        (root / name).write_text(text)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +28,10 @@ def datasets(tmp_path_factory, fashion_mnist_available):
     images, labels = load_fashion_mnist("test")
     images, labels = images[:NUM_IMAGES], labels[:NUM_IMAGES]
     captions = make_captions(labels, seed=1)
-    _write_wds_set(root / "fashion_mnist", images, captions, labels, {
-        # Line i names label i: the class order follows the label order.
-        "classnames.txt": "\n".join(FASHION_MNIST_CLASSES) + "\n",
-        "zeroshot_classification_templates.txt": "\n".join(CAPTION_TEMPLATES) + "\n",
-    })
-    _write_wds_set(root / "fashion_mnist_captions", images, captions, None, {"dataset_type.txt": "retrieval\n"})
+    # Two shards each; line i of classnames.txt names label i: the class order follows the label order.
+    write_clip_benchmark_set(root / "fashion_mnist", images, captions, labels, classnames=FASHION_MNIST_CLASSES,
+                             templates=CAPTION_TEMPLATES, samples_per_shard=len(images) // 2)
+    write_clip_benchmark_set(root / "fashion_mnist_captions", images, captions, samples_per_shard=len(images) // 2)
     return root
 
 

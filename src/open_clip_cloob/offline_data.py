@@ -249,3 +249,29 @@ def write_fashion_mnist_dataset(
     return write_webdataset_shards(
         out_dir, images, captions, labels, samples_per_shard=samples_per_shard,
         shard_name=f"{split}-{{index:06d}}.tar")
+
+
+def write_clip_benchmark_set(
+    root: Path,
+    images: np.ndarray,
+    captions: Sequence[str],
+    labels: Optional[Sequence[int]] = None,
+    classnames: Sequence[str] = (),
+    templates: Sequence[str] = (),
+    samples_per_shard: int = 1000,
+) -> Path:
+    """A CLIP_benchmark ``wds/`` dataset folder: ``test/{0,1,...}.tar`` and ``test/nshards.txt``.
+
+    With ``labels`` it is a classification set (``classnames.txt``, line i naming label i, and
+    ``zeroshot_classification_templates.txt`` with ``{c}`` placeholders); without, a retrieval set
+    (``dataset_type.txt`` = ``retrieval``; each sample's ``.txt`` caption is its text).
+    """
+    shards = write_webdataset_shards(root / "test", images, captions, labels, samples_per_shard=samples_per_shard,
+                                     shard_name="{index}.tar")
+    (root / "test" / "nshards.txt").write_text(f"{len(shards)}\n")
+    if labels is None:
+        (root / "dataset_type.txt").write_text("retrieval\n")
+    else:
+        (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    return root

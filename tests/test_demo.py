@@ -1,0 +1,116 @@
+"""The quickstart demo: a smoke run (few steps, a data subset) produces every report artifact."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from open_clip_cloob.analysis import METRICS
+from open_clip_cloob.emoji_data import INSTALL_HINT, emoji_available
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "scripts" / "demo.py"
+PLOTS = ("loss_curves.png", "zeroshot.png", "spectra.png")
+SMOKE_STEPS = 3
+# training.main settings that may differ between the two runs: the loss and what it implies, the run name.
+LOSS_DEPENDENT = {"loss", "init_inv_tau", "learnable_inv_tau", "name", "checkpoint_path", "log_path",
+                  "tensorboard_path", "wandb_path"}
+
+
+def _demo_module():
+    sys.path.insert(0, str(DEMO.parent))
+    try:
+        import demo
+    finally:
+        sys.path.remove(str(DEMO.parent))
+    return demo
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, fashion_mnist_available):
+    if not emoji_available():
+        pytest.skip(f"emoji data missing: {INSTALL_HINT}")
+    root = tmp_path_factory.mktemp("demo")
+    demo = _demo_module()
+    readme = root / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{demo.README_BEGIN}\nold text\n{demo.README_END}\nafter\n")
+    completed = subprocess.run(
+        [sys.executable, str(DEMO), "--smoke", "--steps", str(SMOKE_STEPS), "--work", str(root / "work"),
+         "--report", str(root / "report"), "--readme", str(readme)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    return {"root": root, "report": root / "report", "readme": readme, "log": completed.stdout + completed.stderr,
+            "demo": demo}
+
+
+@pytest.mark.slow
+def test_every_stage_reports_its_time(smoke_run):
+    stages = re.findall(r"\[demo (\d)/(\d)\] .* done in [\d.]+ s \([\d.]+ s since start\)", smoke_run["log"])
+    assert [int(index) for index, _ in stages] == list(range(1, 8)) and {total for _, total in stages} == {"7"}
+    assert "Train Epoch: 0" in smoke_run["log"]  # OpenCLIP's step logs stream through
+
+
+@pytest.mark.slow
+def test_report_artifacts_are_complete_and_parseable(smoke_run):
+    import matplotlib.image
+
+    report = smoke_run["report"]
+    results = json.loads((report / "results.json").read_text())
+    assert results["settings"]["steps"] == SMOKE_STEPS and results["settings"]["smoke"] is True
+    for loss in ("clip", "cloob"):
+        curve = results["loss_curves"][loss]
+        assert curve["step"] == list(range(1, SMOKE_STEPS + 1)) and all(map(isinstance, curve["loss"], [float] * 3))
+        zeroshot = results["zeroshot"][loss]
+        for name, key, _ in smoke_run["demo"].ZEROSHOT_METRICS:
+            assert 0.0 <= zeroshot[name][key] <= 1.0
+    for label in ("CLIP", "CLOOB"):
+        measured = results["analysis"][label]
+        assert all(isinstance(measured[key], float) for key, _ in METRICS)
+        assert 1.0 <= measured["effective_rank_image"] <= measured["embed_dim"]
+        assert len(measured["spectrum_text"]) == measured["embed_dim"]
+    assert results["timings_s"]["total"] > 0
+    for plot in PLOTS:
+        assert matplotlib.image.imread(report / plot).ndim == 3
+    text = (report / "report.md").read_text()
+    assert all(f"]({plot})" in text for plot in PLOTS)
+    assert f"| {METRICS[0][1]} | {results['analysis']['CLIP']['alignment']:.4f} |" in text
+    top1 = [100 * results["zeroshot"][loss]["fashion_mnist"]["acc1"] for loss in ("clip", "cloob")]
+    assert f"| Fashion-MNIST top-1 | 10.0 | {top1[0]:.1f} | {top1[1]:.1f} |" in text
+
+
+@pytest.mark.slow
+def test_both_runs_share_every_setting_but_the_loss(smoke_run):
+    runs = smoke_run["root"] / "work" / "runs"
+    params = {}
+    for loss in ("clip", "cloob"):
+        lines = (runs / f"demo-{loss}" / "params.txt").read_text().splitlines()
+        params[loss] = dict(line.split(": ", 1) for line in lines if ": " in line)
+    assert (params["clip"]["loss"], params["cloob"]["loss"]) == ("clip", "cloob")
+    differing = {key for key in params["clip"].keys() | params["cloob"].keys()
+                 if params["clip"].get(key) != params["cloob"].get(key)}
+    assert differing <= LOSS_DEPENDENT
+    models = smoke_run["root"] / "work" / "models"
+    assert all((models / f"demo-{loss}" / "open_clip_config.json").is_file() for loss in ("clip", "cloob"))
+
+
+@pytest.mark.slow
+def test_readme_block_is_regenerated(smoke_run):
+    text = smoke_run["readme"].read_text()
+    demo = smoke_run["demo"]
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{demo.README_END}\nafter\n")
+    assert "old text" not in text
+    block = text[text.index(demo.README_BEGIN):text.index(demo.README_END)]
+    assert "](report/spectra.png)" in block and "](report/report.md)" in block  # relative to the README
+    report = (smoke_run["report"] / "report.md").read_text()
+    for line in block.splitlines():
+        if line.startswith("| "):
+            assert line in report  # the same tables as the report
+
+
+def test_readme_without_markers_is_left_alone(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    assert _demo_module().update_readme(readme, "table") is False
+    assert readme.read_text() == "# no markers\n"
