@@ -6,7 +6,7 @@ ClipLoss, measured in the same run, with ratios.
     python scripts/bench_loss.py --device cuda --precision bf16 --sizes 4096,32768,262144 --dims 1024
 
 Each case runs in a fresh subprocess (``--case``) so its peak memory is its own: on CPU the peak
-resident set size above the one before the loss ran, on CUDA ``torch.cuda.max_memory_allocated``
+resident set size (VmHWM, reset just before) above the one before the loss ran, on CUDA ``torch.cuda.max_memory_allocated``
 above the allocation before it. Time is the median of ``--repeats`` forward+backward passes after
 one warm-up pass (none when a pass takes longer than ``--max-warmup-seconds``).
 
@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,24 @@ def make_loss(impl: str) -> torch.nn.Module:
     return CloobLoss(hopfield_beta=8.0, memory_efficient={"cloob-direct": False, "cloob-chunked": True}[impl])
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> int:
+    """Restart the kernel's resident-set high-water mark (VmHWM) at the current RSS; return that RSS.
+
+    A process-lifetime maximum (getrusage) would include whatever importing torch touched, and pages
+    evicted since then make "peak minus current" meaningless on a busy machine.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_bytes("VmRSS")
 
 
 def _sync(device: torch.device) -> None:
@@ -81,14 +95,14 @@ def run_case(impl: str, n: int, d: int, device: str, precision: str, repeats: in
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
     else:
-        before = _rss_bytes()
+        before = _reset_peak_rss()
     times = [step()]
     if times[0] < max_warmup_seconds:
         times = [step() for _ in range(repeats)]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        peak = _status_bytes("VmHWM") - before
     seconds = statistics.median(times)
     flops = PRODUCTS[impl] * 2 * n * n * d
     return {"impl": impl, "n": n, "d": d, "device": device.type, "precision": precision,
