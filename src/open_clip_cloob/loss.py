@@ -264,8 +264,9 @@ class CloobLoss(nn.Module):
         hopfield_beta: Hopfield inverse temperature β > 0 (paper: 8 for CC3M).
         local_loss, gather_with_grad, rank, world_size, use_horovod: as in ``ClipLoss``.
         cache_labels: accepted for ``ClipLoss`` compatibility; CLOOB has no label tensor to cache.
-        memory_efficient: True computes every retrieval and InfoLOOB in row chunks with
-            recomputation in backward, never holding a [rows, N] block above ``CHUNK_ELEMENTS``
+        memory_efficient: True computes every retrieval and InfoLOOB in row chunks (retrievals
+            recompute their blocks in backward; InfoLOOB accumulates its gradient in forward),
+            never holding a [rows, N] block above ``CHUNK_ELEMENTS``
             (memory linear in N); False materialises the [N, N] matrices (and computes X Yᵀ once
             for both cross-modal retrievals); None (default) picks the chunked path once a
             [rows, N] matrix of the direct path would exceed ``CHUNK_ELEMENTS``.
