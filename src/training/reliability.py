@@ -209,7 +209,9 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.skipped = 0
         self._losses: List[torch.Tensor] = []
-        self._grads_bad = False
+        # The pre-hook's verdict, already agreed by all ranks; None when the optimizer did not step
+        # (GradScaler skipped it, identically on every rank since gradients are all-reduced).
+        self._verdict: Optional[bool] = None
 
     def attach(self, optimizer: torch.optim.Optimizer, loss: torch.nn.Module) -> None:
         """Guard ``optimizer``'s steps and watch ``loss`` (a module returning a dict of losses)."""
@@ -227,15 +229,16 @@ class NonFiniteGuard:
         """Optimizer step pre-hook: drop all gradients when the loss or the gradient norm is not finite."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
-        if any_rank(self._loss_bad() or not bool(torch.isfinite(grad_norm))):
-            self._grads_bad = True
+        self._verdict = any_rank(self._loss_bad() or not bool(torch.isfinite(grad_norm)))
+        if self._verdict:
             for p in params:
                 p.grad = None
 
     def end_step(self, global_step: int) -> bool:
         """Account for the step that just ended; True when the run must stop."""
-        bad = any_rank(self._grads_bad or self._loss_bad())
-        self._losses, self._grads_bad = [], False
+        # One host sync and collective per step: reuse the pre-hook's agreed verdict when it ran.
+        bad = self._verdict if self._verdict is not None else any_rank(self._loss_bad())
+        self._losses, self._verdict = [], None
         if not bad:
             self.consecutive = 0
             return False
