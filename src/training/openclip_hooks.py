@@ -161,7 +161,6 @@ def create_loss(args: argparse.Namespace) -> torch.nn.Module:
         hopfield_beta=args.hopfield_beta,
         local_loss=args.local_loss,
         gather_with_grad=args.gather_with_grad,
-        cache_labels=True,
         rank=args.rank,
         world_size=args.world_size,
         use_horovod=args.horovod,
