@@ -11,11 +11,13 @@ Fixtures other test modules may rely on (keep their names and return values stab
   (``out.log``, ``params.txt``, ``checkpoints/epoch_2.pt`` and ``epoch_latest.pt``, tensorboard).
 """
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import open_clip
 import pytest
@@ -78,6 +80,13 @@ def training_argv(logs: Path, name: str, *flags: str) -> list:
     ]
 
 
+def small_csv_argv(logs: Path, name: str, data: Dict[str, object], *flags: str) -> list:
+    """``training.main`` arguments for 2 epochs over ``small_csv`` at batch 16 per rank, logging every step."""
+    return training_argv(
+        logs, name, "--train-data", str(data["small_csv"]), "--batch-size", "16",
+        "--epochs", "2", "--lr", "1e-3", "--warmup", "5", "--log-every-n-steps", "1", *flags)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (for a rendezvous)."""
     with socket.socket() as sock:
@@ -90,15 +99,19 @@ def launch(
     log_file: Path,
     launcher: Sequence[str] = (sys.executable, *TRAIN_MODULE),
     env: Optional[Mapping[str, str]] = None,
+    **popen_kwargs: Any,
 ) -> subprocess.Popen:
     """Start ``launcher + argv`` with stdout and stderr to ``log_file``, in ``env`` (default: os.environ).
+
+    ``popen_kwargs`` go to ``subprocess.Popen`` (e.g. ``start_new_session=True``).
 
     Each process computes on one thread: on the 2-core test machine, shared with other processes,
     OpenMP threads spin-waiting for a busy core made a run up to 5x slower than one thread.
     """
     process_env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
     with open(log_file, "w") as out:
-        return subprocess.Popen([*launcher, *argv], stdout=out, stderr=subprocess.STDOUT, env=process_env)
+        return subprocess.Popen([*launcher, *argv], stdout=out, stderr=subprocess.STDOUT, env=process_env,
+                                **popen_kwargs)
 
 
 def wait_ok(processes: Sequence[subprocess.Popen], log_files: Sequence[Path], timeout: float = 1200) -> None:
@@ -113,6 +126,42 @@ def wait_ok(processes: Sequence[subprocess.Popen], log_files: Sequence[Path], ti
     if any(codes):
         tails = "\n".join(f"--- {path} ---\n{path.read_text()[-3000:]}" for path in log_files)
         pytest.fail(f"exit codes {codes}\n{tails}")
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 300, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_training_progress(process: subprocess.Popen, log: Path, out_log: Path, epoch: int, samples: int,
+                               skip_chars: int = 0, timeout: float = 300) -> None:
+    """Wait until ``out_log`` (past its first ``skip_chars``) shows ``samples`` samples of ``epoch`` trained.
+
+    Fails, with the end of ``log`` (the process's stdout), if ``process`` exits first.
+    """
+    pattern = re.compile(rf"Train Epoch: {epoch} \[\s*(\d+)/")
+
+    def reached() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"exited {process.returncode} before epoch {epoch} reached {samples} samples:\n"
+                        f"{log.read_text()[-3000:]}")
+        text = out_log.read_text()[skip_chars:] if out_log.exists() else ""
+        return any(int(n) >= samples for n in pattern.findall(text))
+
+    wait_for(reached, f"epoch {epoch} to reach {samples} samples", timeout)
+
+
+def tensorboard_scalars(run: Path, tag: str) -> list:
+    """``(step, value)`` of every ``tag`` scalar a run wrote to its tensorboard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
 def run_training(argv: Sequence[str], log_file: Path, **kwargs) -> None:

@@ -58,7 +58,7 @@ def test_more_broken_samples_than_the_limit_stop_with_a_clear_error(broken_csv, 
     with pytest.raises(BadDataError, match="more than --max-bad-samples 5 broken samples"):
         for index in range(len(dataset)):
             dataset[index]
-    assert dataset.counter.count == BROKEN_ROWS
+    assert dataset.bad_samples.count == BROKEN_ROWS
 
 
 def test_a_broken_sample_is_replaced_by_the_next_readable_one(broken_csv, tiny_model_config, caplog):
@@ -66,7 +66,7 @@ def test_a_broken_sample_is_replaced_by_the_next_readable_one(broken_csv, tiny_m
     image, text = dataset[3]  # missing file: row 5 of the CSV (index 4) stands in
     expected_image, expected_text = dataset[4]
     assert (image == expected_image).all() and (text == expected_text).all()
-    assert dataset.counter.count == 1 and "Skipping broken sample 1: row 4" in caplog.text
+    assert dataset.bad_samples.count == 1 and "Skipping broken sample 1: row 4" in caplog.text
 
 
 @pytest.mark.parametrize("content, fix", [

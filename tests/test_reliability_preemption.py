@@ -6,7 +6,6 @@
 - ``kill -9`` while a checkpoint is being written: ``epoch_latest.pt`` stays complete and
   ``--resume latest`` finishes the run.
 """
-import re
 import signal
 import subprocess
 import time
@@ -16,45 +15,26 @@ from typing import List
 import pytest
 import torch
 
-from conftest import launch, run_training, training_argv, wait_ok
+from conftest import launch, run_training, small_csv_argv, wait_for, wait_for_training_progress, wait_ok
 from training.reliability import PREEMPTED_EXIT_CODE, RESUME_KEY
 
 pytestmark = pytest.mark.slow
 
-BATCH_SIZE = 16
+BATCH_SIZE = 16  # small_csv_argv
 STEPS_PER_EPOCH = 512 // BATCH_SIZE  # small_csv holds 512 images
 TIMEOUT_S = 300
 
 
 def _argv(logs: Path, name: str, data: dict, *flags: str) -> List[str]:
-    return training_argv(
-        logs, name, "--train-data", str(data["small_csv"]), "--batch-size", str(BATCH_SIZE),
-        "--epochs", "2", "--lr", "1e-3", "--warmup", "5", "--log-every-n-steps", "1",
-        "--save-every-n-steps", "10", *flags)
-
-
-def _wait_for(predicate, what: str, timeout: float = TIMEOUT_S, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(interval)
+    return small_csv_argv(logs, name, data, "--save-every-n-steps", "10", *flags)
 
 
 def _signal_mid_epoch(argv: List[str], log: Path, out_log: Path, epoch: int, signum: int) -> None:
     """Start a run, send ``signum`` once it logged 5 steps of ``epoch``; expect the preemption exit."""
-    old_text = out_log.read_text() if out_log.exists() else ""
+    old_chars = len(out_log.read_text()) if out_log.exists() else 0
     process = launch(argv, log)
-    pattern = re.compile(rf"Train Epoch: {epoch} \[\s*(\d+)/")
-
-    def reached() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"exited {process.returncode} before the signal:\n{log.read_text()[-3000:]}")
-        new_text = out_log.read_text()[len(old_text):] if out_log.exists() else ""
-        return any(int(n) >= 5 * BATCH_SIZE for n in pattern.findall(new_text))
-
     try:
-        _wait_for(reached, f"epoch {epoch} to be under way")
+        wait_for_training_progress(process, log, out_log, epoch, 5 * BATCH_SIZE, skip_chars=old_chars)
         process.send_signal(signum)
         assert process.wait(timeout=TIMEOUT_S) == PREEMPTED_EXIT_CODE, log.read_text()[-3000:]
     finally:
@@ -105,7 +85,7 @@ def _freeze_while_writing(process: subprocess.Popen, partial: Path, complete: Pa
         assert process.poll() is None, log.read_text()[-3000:]
         if partial.exists() and complete.exists():
             process.send_signal(signal.SIGSTOP)
-            _wait_for(lambda: _stopped(process), "SIGSTOP to take effect", interval=0.001)
+            wait_for(lambda: _stopped(process), "SIGSTOP to take effect", interval=0.001)
             if partial.exists():
                 return
             process.send_signal(signal.SIGCONT)

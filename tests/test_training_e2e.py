@@ -14,9 +14,8 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import LEARNING_BATCH_SIZE, LEARNING_EPOCHS, TINY_MODEL, run_training, training_argv
+from conftest import LEARNING_BATCH_SIZE, LEARNING_EPOCHS, TINY_MODEL, run_training, tensorboard_scalars, training_argv
 from open_clip_cloob.offline_data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
 from training.scheduler import cosine_restarts_lr
 
@@ -32,12 +31,6 @@ def _train_losses(run: Path) -> list:
 
 def _params(run: Path) -> dict:
     return dict(line.split(": ", 1) for line in (run / "params.txt").read_text().splitlines())
-
-
-def _scalars(run: Path, tag: str) -> list:
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
 def zero_shot_accuracy(checkpoint: Path, images: np.ndarray, labels: np.ndarray) -> float:
@@ -102,9 +95,9 @@ def test_validation_reports_the_cloob_loss_next_to_openclips_metrics(tiny_cloob_
     assert all({"cloob_val_loss", "clip_val_loss", "image_to_text_R@1"} <= result.keys() for result in results)
     # Held-out images: the validation loss moves below its value for indistinguishable embeddings.
     assert results[-1]["cloob_val_loss"] < 2 * math.log(LEARNING_BATCH_SIZE - 1) / 30
-    val_losses = [value for _, value in _scalars(tiny_cloob_run, "val/cloob_val_loss")]
+    val_losses = [value for _, value in tensorboard_scalars(tiny_cloob_run, "val/cloob_val_loss")]
     assert val_losses == pytest.approx([result["cloob_val_loss"] for result in results])
-    assert len(_scalars(tiny_cloob_run, "train/cloob_loss")) >= 20
+    assert len(tensorboard_scalars(tiny_cloob_run, "train/cloob_loss")) >= 20
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +146,7 @@ def test_cosine_restarts_drives_the_learning_rate(feature_run):
     steps_per_epoch = 8
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0)
     schedules = {epochs: cosine_restarts_lr(optimizer, 1e-3, 2, steps_per_epoch * epochs, cycles=2) for epochs in (1, 2)}
-    logged = _scalars(feature_run, "train/lr")
+    logged = tensorboard_scalars(feature_run, "train/lr")
     assert [step for step, _ in logged] == list(range(2 * steps_per_epoch))
     expected = [schedules[1 + step // steps_per_epoch](step) for step, _ in logged]
     assert [value for _, value in logged] == pytest.approx(expected, rel=1e-5)

@@ -11,7 +11,8 @@ import pytest
 
 from open_clip_cloob.offline_data import load_fashion_mnist, write_csv_dataset
 
-SCRIPTS = Path(__file__).parent.parent / "scripts"
+REPO = Path(__file__).parent.parent
+SCRIPTS = REPO / "scripts"
 GENERIC = ["--model", "RN50-cloob", "--train-data", "/data/train.csv", "--batch-size", "256"]
 
 # script, extra environment, arguments, settings the resolved namespace must show
@@ -21,9 +22,15 @@ DRY_RUNS = {
     "cc3m-rn50": ("cc3m_rn50.sh", {}, [], {
         "model": "RN50-cloob", "batch_size": "128", "lr": "0.001", "wd": "0.1", "warmup": "20000",
         "lr_scheduler": "cosine", "restart_cycles": "10", "epochs": "70", "precision": "amp",
-        "init_inv_tau": "30.0", "hopfield_beta": "8.0", "learnable_inv_tau": "False", "resume": "latest"}),
+        "init_inv_tau": "30.0", "hopfield_beta": "8.0", "learnable_inv_tau": "False", "resume": "latest",
+        "save_every_n_steps": "0"}),  # outside SLURM: torchrun, no step checkpoints
     "cc3m-rn50-imagenet": ("cc3m_rn50.sh", {"IMAGENET_VAL": "/data/imagenet/val"}, ["--epochs", "31"], {
         "imagenet_val": "/data/imagenet/val", "epochs": "31"}),
+    # Under SLURM the recipe runs through train_slurm.sbatch: its defaults (step checkpoints), the
+    # recipe's flags, then the command line's.
+    "cc3m-rn50-slurm": ("cc3m_rn50.sh", {"SLURM_JOB_ID": "4242"}, ["--epochs", "31"], {
+        "model": "RN50-cloob", "batch_size": "128", "restart_cycles": "10", "save_every_n_steps": "1000",
+        "save_frequency": "1", "resume": "latest", "epochs": "31", "name": "cc3m-rn50-cloob"}),
     **{f"yfcc15m-{model}": ("yfcc15m.sbatch", {"MODEL": model}, [], {
         "model": model, "dataset_type": "webdataset", "train_num_samples": "14800000", "epochs": "28",
         "restart_cycles": "10", "init_inv_tau": "30.0", "hopfield_beta": "8.0", "name": f"yfcc15m-{model}"})
@@ -32,7 +39,9 @@ DRY_RUNS = {
 
 
 def _dry_run(script: str, env: dict, args: list) -> subprocess.Popen:
-    run_env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable, **env}
+    """Start ``script`` (a name in scripts/ or an absolute path) with ``DRY_RUN=1``, outside any SLURM job."""
+    base_env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    run_env = {**base_env, "DRY_RUN": "1", "PYTHON": sys.executable, **env}
     return subprocess.Popen(["bash", str(SCRIPTS / script), *args], env=run_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -51,6 +60,22 @@ def test_script_arguments_parse_into_the_intended_settings(dry_run_outputs, name
     settings = dict(re.findall(r"^(\w+): (.*)$", output, flags=re.MULTILINE))
     expected = DRY_RUNS[name][3]
     assert {key: settings.get(key) for key in expected} == expected
+
+
+def test_cc3m_recipe_submitted_with_sbatch_finds_train_slurm_sbatch_via_the_submit_dir(tmp_path):
+    # sbatch runs a copy of the script from its spool folder, away from the repository.
+    spool_copy = tmp_path / "slurm_script"
+    spool_copy.write_text((SCRIPTS / "cc3m_rn50.sh").read_text())
+    output, _ = _dry_run(str(spool_copy), {"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO)}, []).communicate(
+        timeout=300)
+    settings = dict(re.findall(r"^(\w+): (.*)$", output, flags=re.MULTILINE))
+    assert (settings.get("model"), settings.get("save_every_n_steps")) == ("RN50-cloob", "1000"), output
+
+    lost = _dry_run(str(spool_copy), {"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path)}, [])
+    output, _ = lost.communicate(timeout=300)
+    assert lost.returncode == 1
+    assert f"scripts/train_slurm.sbatch not found next to this script nor under SLURM_SUBMIT_DIR='{tmp_path}'" \
+        in output
 
 
 def test_tsv_to_csv_resolves_urls_and_paths_and_skips_missing_images(tmp_path, fashion_mnist_available):

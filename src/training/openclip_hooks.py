@@ -21,43 +21,59 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
   ``Optimizer.load_state_dict``, so ``--resume`` and OpenCLIP's own tools are unaffected). It also
   runs the epoch through :class:`training.reliability.StepLoader` (step boundaries: non-finite
   steps, ``--save-every-n-steps``, preemption signals; resuming inside the epoch, with the learning
-  rate schedule shifted by the steps already done) and puts the non-finite guard on the loss and
+  rate schedule shifted by the steps already done and, for a resampled webdataset, shards drawn
+  afresh through :class:`training.reliability.ContinuedDraw`) and puts the non-finite guard on the loss and
   the optimizer.
 - ``open_clip_train.data.CsvDataset``: :class:`training.data_checks.CheckedCsvDataset` (structural
   checks at start, broken samples skipped and counted, ``--max-bad-samples``).
-- ``open_clip_train.data.get_wds_dataset``: :func:`training.data_checks.check_shards` first.
+- ``open_clip_train.data.get_wds_dataset``: :func:`training.data_checks.check_shards` first; while
+  OpenCLIP builds the pipeline, its sample filter ``filter_no_caption_or_no_image``, its exception
+  handler ``log_and_continue`` and the handler of its training tar reader
+  ``tarfile_to_samples_nothrow`` are those of a :class:`training.data_checks.WebdatasetSampleCheck`
+  (broken samples skipped, counted, limited); the originals are put back once it is built. A
+  resampled training pipeline's shard sampler (``ResampledShards2``, the pipeline's first stage)
+  gets :func:`training.reliability.resampling_seed` as its ``worker_seed``.
+- ``open_clip_train.main.get_data``: records each dataset's broken-sample counter and wraps the
+  zero-shot image folders in :class:`training.data_checks.SkipUnreadableImages`.
+- ``open_clip_train.train.zero_shot_eval``: an evaluation begins; the counts of the evaluation
+  datasets restart, and ``broken_train_samples`` (the last epoch, all ranks) and
+  ``broken_imagenet-val_samples`` join the metrics ``evaluate()`` logs and writes to ``results.jsonl``.
 - ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint`, weights_only loading
   that also reads the mid-epoch position of a step checkpoint.
 - ``torch.save``: :func:`training.reliability.atomic_save` (temporary file, fsync, rename), so the
   checkpoints OpenCLIP writes at epoch ends are never seen truncated. Process-wide, like DDP below:
   ``main()`` reaches it through ``torch``.
 - ``open_clip_train.train.get_clip_metrics``: adds ``cloob_val_loss`` (with ``--loss cloob``), the
-  CLOOB loss over the ``--val-data`` batches, and the broken-sample counts of CSV data to the
-  metrics ``evaluate()`` logs, writes to ``results.jsonl`` and sends to tensorboard/wandb.
+  CLOOB loss over the ``--val-data`` batches, and ``broken_val_samples`` to the metrics
+  ``evaluate()`` logs, writes to ``results.jsonl`` and sends to tensorboard/wandb.
 - ``torch.nn.parallel.DistributedDataParallel``: OpenCLIP passes ``device_ids=[device]`` also for a
   CPU device, which torch rejects; the subclass drops CPU device ids so DDP runs on CPU with gloo
   (a no-op on GPUs). This one is process-wide: ``main()`` reaches it through ``torch``.
 """
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
 import weakref
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import open_clip_train.data as openclip_data
 import open_clip_train.main as openclip_main
 import open_clip_train.train as openclip_train
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from open_clip_cloob import CloobLoss, cloob_loss
 from training import params
-from training.data_checks import BadSampleCounter, CheckedCsvDataset, check_shards
+from training.data_checks import (
+    BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
-    EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, atomic_save, load_checkpoint)
+    ContinuedDraw, EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, atomic_save,
+    load_checkpoint, resampling_seed, sum_over_ranks)
 from training.scheduler import cosine_restarts_lr
 
 
@@ -89,6 +105,15 @@ HOOKS: Tuple[Hook, ...] = (
          ("input_filename", "transforms", "img_key", "caption_key", "sep", "tokenizer")),
     Hook("open_clip_train.data", "get_wds_dataset", "open_clip_train.data.get_dataset_fn",
          ("args", "preprocess_img", "is_train", "epoch", "floor", "tokenizer")),
+    Hook("open_clip_train.data", "filter_no_caption_or_no_image", "open_clip_train.data.get_wds_dataset",
+         ("sample",)),
+    Hook("open_clip_train.data", "log_and_continue", "open_clip_train.data.get_wds_dataset", ("exn",)),
+    Hook("open_clip_train.data", "tarfile_to_samples_nothrow", "open_clip_train.data.get_wds_dataset",
+         ("src", "handler")),
+    Hook("open_clip_train.main", "get_data", "open_clip_train.main.main",
+         ("args", "preprocess_fns", "epoch", "tokenizer")),
+    Hook("open_clip_train.train", "zero_shot_eval", "open_clip_train.train.evaluate",
+         ("model", "data", "epoch", "args", "tokenizer")),
     Hook("open_clip_train.main", "pt_load", "open_clip_train.main.main", ("file_path", "map_location")),
     Hook("torch", "save", "open_clip_train.main.main", ("obj", "f")),
 )
@@ -101,6 +126,8 @@ CALLED: Dict[str, Tuple[str, ...]] = {
     "open_clip.create_loss": ("args",),
     "open_clip.add_model_config": ("path",),
     "open_clip_train.data.expand_urls": ("urls", "weights"),
+    # Its instance is the first stage of a resampled pipeline; worker_seed() + epoch seeds its draws.
+    "open_clip_train.data.ResampledShards2": ("urls", "weights", "nshards", "worker_seed", "deterministic", "epoch"),
 }
 
 # The originals, captured at import so that installing twice never wraps a replacement.
@@ -109,6 +136,9 @@ _openclip_create_loss = openclip_main.create_loss
 _openclip_train_one_epoch = openclip_main.train_one_epoch
 _openclip_get_clip_metrics = openclip_train.get_clip_metrics
 _openclip_get_wds_dataset = openclip_data.get_wds_dataset
+_openclip_tarfile_to_samples_nothrow = openclip_data.tarfile_to_samples_nothrow
+_openclip_get_data = openclip_main.get_data
+_openclip_zero_shot_eval = openclip_train.zero_shot_eval
 
 CHECKPOINT_KEY = "cloob"
 # Optimizers that already carry this package's hooks (train_one_epoch runs once per epoch).
@@ -122,8 +152,10 @@ class RunState:
     resume: ResumeState
     preemption: PreemptionSignal
     guard: NonFiniteGuard
-    # Broken-sample counters of the CSV datasets ('train', 'val'), as of the latest training epoch.
+    # Broken-sample counters of the datasets, by OpenCLIP's data key ('train', 'val', 'imagenet-val', ...).
     counters: Dict[str, BadSampleCounter] = field(default_factory=dict)
+    # Broken training samples of the last epoch, summed over ranks.
+    broken_train_samples: Optional[int] = None
 
 
 class CpuCapableDistributedDataParallel(DistributedDataParallel):
@@ -184,39 +216,126 @@ def _shifted(scheduler: Callable[[int], float], offset: int) -> Callable[[int], 
     return lambda step: scheduler(step + offset)
 
 
+@dataclass
+class StepOffsetWriter:
+    """A tensorboard writer for an epoch whose first ``offset`` steps were done before a resume.
+
+    OpenCLIP numbers the steps of the epoch from its first batch, which is step ``offset`` here.
+    """
+
+    writer: Any  # torch.utils.tensorboard.SummaryWriter
+    offset: int
+
+    def add_scalar(self, tag: str, value: Any, global_step: int, *args: Any, **kwargs: Any) -> None:
+        self.writer.add_scalar(tag, value, global_step + self.offset, *args, **kwargs)
+
+
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None, *,
                     run: RunState):
     """OpenCLIP's epoch with the CLOOB settings in its checkpoints and :mod:`training.reliability`."""
     _attach_hooks(optimizer, loss, args, run.guard)
-    run.counters = {name: counter for name, info in data.items() if (counter := _bad_sample_counter(info))}
-    for counter in run.counters.values():
-        counter.reset()  # one pass each: this training epoch, then the evaluation after it
     train = data["train"]
+    counter = run.counters.get("train")
+    if counter is not None:
+        counter.reset()
     steps_per_epoch = train.dataloader.num_batches // args.accum_freq
     session = EpochSession(args, epoch, model, optimizer, scaler, run.guard, run.preemption, steps_per_epoch)
     point = run.resume.take(epoch)
     skip = point.step if point is not None else 0
     loader = StepLoader(train.dataloader, args.accum_freq, skip, args.seed + epoch,
                         point.rng_of(args) if point is not None else None, session.on_step_end)
-    data = {**data, "train": dataclasses.replace(train, dataloader=loader)}
+    train = dataclasses.replace(train, dataloader=loader)
     if skip:
         scheduler = _shifted(scheduler, skip)
+        if tb_writer is not None:
+            tb_writer = StepOffsetWriter(tb_writer, skip)
+        if args.dataset_resampled and train.shared_epoch is not None:
+            train = dataclasses.replace(train, shared_epoch=ContinuedDraw(train.shared_epoch, skip))
     _openclip_train_one_epoch(
-        model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer)
-    if "train" in run.counters:
-        logging.info("Epoch %d: %d broken training samples skipped", epoch, run.counters["train"].count)
+        model, {**data, "train": train}, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+        tb_writer=tb_writer)
+    if counter is not None:
+        run.broken_train_samples = sum_over_ranks(counter.count)
+        logging.info("Epoch %d: %d broken training samples skipped", epoch, run.broken_train_samples)
 
 
 def _bad_sample_counter(info: Any) -> Optional[BadSampleCounter]:
-    """The broken-sample counter of a dataset's loader, when it reads a CSV."""
-    dataset = getattr(info.dataloader, "dataset", None)
-    return dataset.counter if isinstance(dataset, CheckedCsvDataset) else None
+    """The broken-sample counter of a dataset: on its loader (webdataset) or its dataset (map-style)."""
+    loader = info.dataloader
+    return getattr(loader, "bad_samples", None) or getattr(getattr(loader, "dataset", None), "bad_samples", None)
+
+
+def get_data(args, preprocess_fns, epoch=0, tokenizer=None, *, run: RunState):
+    """OpenCLIP's datasets; records their broken-sample counters, zero-shot folders skip unreadable images."""
+    data = _openclip_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+    for name in ("imagenet-val", "imagenet-v2"):
+        if name in data:
+            loader = data[name].dataloader
+            dataset = SkipUnreadableImages(loader.dataset, BadSampleCounter(args.max_bad_samples))
+            data[name] = dataclasses.replace(data[name], dataloader=DataLoader(
+                dataset, batch_size=loader.batch_size, num_workers=loader.num_workers, sampler=data[name].sampler,
+                collate_fn=collate_readable))
+    run.counters = {name: counter for name, info in data.items() if (counter := _bad_sample_counter(info))}
+    return data
+
+
+def zero_shot_eval(model, data, epoch, args, tokenizer=None, *, run: RunState):
+    """OpenCLIP's zero-shot evaluation, the first step of ``evaluate()``; adds broken-sample counts.
+
+    A new evaluation pass begins here, so the evaluation datasets' counts restart; the counts of the
+    zero-shot folders and of the last training epoch join the returned metrics (``--val-data``'s
+    count is added by :func:`get_clip_metrics`, after its pass).
+    """
+    for name, counter in run.counters.items():
+        if name != "train":
+            counter.reset()
+    metrics = _openclip_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
+    if run.broken_train_samples is not None:
+        metrics["broken_train_samples"] = run.broken_train_samples
+    metrics.update({f"broken_{name}_samples": counter.count for name, counter in run.counters.items()
+                    if name.startswith("imagenet")})
+    return metrics
+
+
+@contextlib.contextmanager
+def _webdataset_checks(check: WebdatasetSampleCheck) -> Iterator[None]:
+    """While OpenCLIP builds one webdataset pipeline, its sample filter and handlers are ``check``'s."""
+    replacements = {
+        "filter_no_caption_or_no_image": check.select,
+        "log_and_continue": check.handle,
+        "tarfile_to_samples_nothrow": partial(_openclip_tarfile_to_samples_nothrow, handler=check.handle),
+    }
+    originals = {name: getattr(openclip_data, name) for name in replacements}
+    for name, replacement in replacements.items():
+        setattr(openclip_data, name, replacement)
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(openclip_data, name, original)
 
 
 def get_wds_dataset(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
-    """OpenCLIP's webdataset pipeline, after checking that its shards exist."""
+    """OpenCLIP's webdataset pipeline with checked shards, counted broken samples and a seeded resampler."""
     check_shards(args.train_data if is_train else args.val_data)
-    return _openclip_get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+    check = WebdatasetSampleCheck(BadSampleCounter(args.max_bad_samples))
+    with _webdataset_checks(check):
+        info = _openclip_get_wds_dataset(
+            args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+    info.dataloader.bad_samples = check.bad_samples
+    if is_train and args.dataset_resampled:
+        resampled_shards(info).worker_seed = partial(resampling_seed, args.seed, args.rank)
+    return info
+
+
+def resampled_shards(info: Any) -> Any:
+    """The ``ResampledShards2`` that starts a resampled webdataset pipeline built by OpenCLIP."""
+    # WebLoader(DataLoader(DataPipeline(ResampledShards2, ...)))
+    shards = info.dataloader.pipeline[0].dataset.pipeline[0]
+    if not isinstance(shards, openclip_data.ResampledShards2):
+        raise RuntimeError(f"open_clip_train's resampled pipeline starts with {type(shards).__name__}, not "
+                           "ResampledShards2: update training.openclip_hooks.get_wds_dataset")
+    return shards
 
 
 def cloob_val_loss(
@@ -246,16 +365,17 @@ def cloob_val_loss(
 
 def get_clip_metrics(image_features, text_features, logit_scale, *, run: RunState, hopfield_beta: Optional[float],
                      batch_size: int):
-    """OpenCLIP's retrieval metrics, ``cloob_val_loss`` (given ``hopfield_beta``), broken-sample counts.
+    """OpenCLIP's retrieval metrics, ``cloob_val_loss`` (given ``hopfield_beta``), ``broken_val_samples``.
 
-    The counts (``broken_train_samples`` of the epoch just trained, ``broken_val_samples`` of this
-    evaluation) are there for CSV data; ``evaluate()`` logs them and writes them to ``results.jsonl``.
+    ``evaluate()`` calls this after its pass over ``--val-data``, logs the metrics and writes them
+    to ``results.jsonl``.
     """
     metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
     if hopfield_beta is not None:
         metrics["cloob_val_loss"] = cloob_val_loss(
             image_features, text_features, logit_scale, hopfield_beta, batch_size)
-    metrics.update({f"broken_{name}_samples": counter.count for name, counter in run.counters.items()})
+    if "val" in run.counters:
+        metrics["broken_val_samples"] = run.counters["val"].count
     return metrics
 
 
@@ -273,6 +393,8 @@ def install_hooks(args: argparse.Namespace) -> None:
     openclip_main.create_loss = create_loss
     openclip_main.train_one_epoch = partial(train_one_epoch, run=run)
     openclip_main.pt_load = partial(load_checkpoint, resume=run.resume)
+    openclip_main.get_data = partial(get_data, run=run)
+    openclip_train.zero_shot_eval = partial(zero_shot_eval, run=run)
     openclip_data.CsvDataset = partial(CheckedCsvDataset, max_bad_samples=args.max_bad_samples)
     openclip_data.get_wds_dataset = get_wds_dataset
     torch.save = atomic_save

@@ -73,9 +73,11 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
              "state untouched); N of them in a row save a checkpoint and stop the run (default 20).")
     group.add_argument(
         "--max-bad-samples", type=int, default=1000, metavar="N",
-        help="CSV data: broken samples (missing, truncated or corrupt image, empty or non-UTF-8 caption) "
-             "are replaced by the next readable row, counted and the first few logged; more than N in "
-             "one pass over the training or validation data stop the run (default 1000).")
+        help="Broken samples (missing, truncated or corrupt image, empty or non-UTF-8 caption; in "
+             "webdataset shards also a sample without image or caption, an unreadable shard) are "
+             "skipped, counted (log, results.jsonl) and the first few logged; more than N in one pass "
+             "over a dataset (a training epoch of one rank, or one evaluation) stop the run "
+             "(default 1000).")
     return parser
 
 

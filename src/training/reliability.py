@@ -157,18 +157,28 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(device_state, dtype=torch.uint8) for device_state in state["cuda"]])
 
 
+def _all_reduce_int(value: int, op: Any) -> int:
+    """``value`` reduced with ``op`` over all ranks (``value`` itself without a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    on_gpu = torch.distributed.get_backend() == "nccl"
+    tensor = torch.tensor([value], device=torch.cuda.current_device() if on_gpu else "cpu")
+    torch.distributed.all_reduce(tensor, op=op)
+    return int(tensor.item())
+
+
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` holds on any rank; every rank must call this at the same point.
 
     Decisions that change the control flow (skip a step, save, stop) must be the same on all ranks,
     or the next collective operation hangs.
     """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    on_gpu = torch.distributed.get_backend() == "nccl"
-    tensor = torch.tensor([int(flag)], device=torch.cuda.current_device() if on_gpu else "cpu")
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return bool(tensor.item())
+    return bool(_all_reduce_int(int(flag), torch.distributed.ReduceOp.MAX))
+
+
+def sum_over_ranks(value: int) -> int:
+    """The sum of ``value`` over all ranks; every rank must call this at the same point."""
+    return _all_reduce_int(value, torch.distributed.ReduceOp.SUM)
 
 
 class PreemptionSignal:
@@ -192,6 +202,17 @@ class PreemptionSignal:
     def agreed(self) -> bool:
         """Whether any rank received a signal: all ranks stop at the same step."""
         return any_rank(self.received is not None)
+
+    def ignore_further(self) -> None:
+        """Ignore :data:`PREEMPTION_SIGNALS` from now on: the checkpoint is written, the process exits.
+
+        A launcher that sees one worker exit sends SIGTERM to the others (torchrun within 0.1 s) while
+        they are still shutting down; Python restores the default action while it finalizes, so that
+        SIGTERM would turn their exit status 75 into "killed by SIGTERM". ``SIG_IGN`` survives
+        finalization. SIGKILL still ends a process whose shutdown hangs.
+        """
+        for signum in PREEMPTION_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 class NonFiniteGuard:
@@ -266,6 +287,46 @@ class _SkipFirst:
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+# Bit fields of a resampled webdataset's shard-sampling seed: run seed, rank and dataloader worker
+# above bit 48; below it the value of OpenCLIP's shared epoch, which the sampler adds (an epoch, plus
+# the steps already done << 24 in an epoch resumed from a step checkpoint).
+_DRAW_STEP_SHIFT = 24
+_DRAW_WORKER_SHIFT = 48
+
+
+def resampling_seed(seed: int, rank: int) -> int:
+    """Shard-sampling seed of this dataloader worker of ``rank`` (``worker_seed`` of ``ResampledShards2``).
+
+    OpenCLIP's own seed is ``rank * 1000`` without dataloader workers, whatever the epoch (the same
+    shards every epoch), and otherwise depends on the dataloader's base seed; this one is a function
+    of ``--seed``, rank, worker and (added by the sampler) the shared epoch value only.
+    """
+    worker = torch.utils.data.get_worker_info()
+    worker_id = worker.id if worker is not None else 0
+    return ((seed << 24 | rank) << 16 | worker_id) << _DRAW_WORKER_SHIFT
+
+
+@dataclass
+class ContinuedDraw:
+    """The shared epoch of a resampled webdataset resumed after ``steps_done`` steps of an epoch.
+
+    ``set_value(epoch)`` (OpenCLIP's ``DataInfo.set_epoch``) stores a value that gives the shard
+    sampler a seed of its own: the resumed steps draw fresh samples instead of replaying the draws
+    that began the interrupted epoch.
+    """
+
+    shared_epoch: Any  # OpenCLIP's SharedEpoch
+    steps_done: int
+
+    def set_value(self, epoch: int) -> None:
+        logging.info("Resampled webdataset: the rest of epoch %d draws its shards afresh (resumed after %d steps)",
+                     epoch, self.steps_done)
+        self.shared_epoch.set_value(epoch + (self.steps_done << _DRAW_STEP_SHIFT))
+
+    def get_value(self) -> int:
+        return self.shared_epoch.get_value()
 
 
 class StepLoader:
@@ -355,6 +416,7 @@ class EpochSession:
         if self.preemption.agreed():
             if not saved:
                 path = self.save(steps_done)
+            self.preemption.ignore_further()
             raise Preempted(f"{self.preemption.describe()}: step {global_step} (epoch {self.epoch}, step "
                             f"{steps_done}) saved {f'in {path}' if path else 'by the logging rank'}; "
                             "continue with --resume latest")
