@@ -34,6 +34,18 @@ def test_chunked_retrieval_matches_direct(n, m, d, chunk):
     _assert_all_close(chunked, direct, rtol=1e-12, atol=1e-12)
 
 
+def test_chunked_retrieval_of_a_near_zero_pattern_has_f_normalize_gradient():
+    # State 0 weighs two nearly opposite stored patterns about equally: it retrieves a pattern of
+    # norm ~5e-14, which F.normalize clamps at eps = 1e-12 (a constant: gradient dU / eps, no
+    # radial term); state 1 retrieves a pattern of unit scale.
+    memory = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1e-13, 0.0]], dtype=torch.float64)
+    state = torch.tensor([[0.0, 1.0, 0.0], [0.6, 0.0, 0.8]], dtype=torch.float64)
+    direct = _value_and_grads(lambda s, mem: hopfield_retrieval(s, mem, 2.0), state, memory)
+    chunked = _value_and_grads(lambda s, mem: hopfield_retrieval(s, mem, 2.0, chunk_size=1), state, memory)
+    assert 0 < direct[0][0].norm() < 1 and direct[0][1].norm() == pytest.approx(1.0)
+    _assert_all_close(chunked, direct, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("n,m,offset,chunk", [(2, 2, 0, 1), (7, 7, 0, 3), (4, 12, 8, 3), (5, 15, 5, 2), (16, 16, 0, 5)])
 def test_chunked_info_loob_matches_direct(n, m, offset, chunk):
     anchors, candidates = unit_rows(n, 6, seed=3), unit_rows(m, 6, seed=4)

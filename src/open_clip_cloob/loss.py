@@ -77,12 +77,9 @@ class _ChunkedRetrieval(torch.autograd.Function):
         beta = ctx.beta
         # Through u = o / ‖o‖: dO = (dU − u (dU·u)) / ‖o‖ (rows clamped at eps: dU / eps). Built in
         # place, and row dot products via einsum: no [n, d] temporaries at the memory peak.
-        radial = _row_dot(grad_unit, unit)
-        grad_out = torch.mul(unit, radial).neg_().add_(grad_unit)
-        clamped = norms <= _NORMALIZE_EPS
-        if clamped.any():
-            grad_out = torch.where(clamped, grad_unit, grad_out)
-        grad_out.div_(norms)
+        # A clamped norm is a constant: no radial term (masked, not branched on: no host sync).
+        radial = _row_dot(grad_unit, unit).masked_fill_(norms <= _NORMALIZE_EPS, 0)
+        grad_out = torch.mul(unit, radial).neg_().add_(grad_unit).div_(norms)
         # Through softmax: dScores = P ∘ (dP − rowsum(dP ∘ P)), with rowsum(dP ∘ P) = dO_i · O_i.
         delta = _row_dot(grad_out, unit).mul_(norms)
         grad_state = torch.empty_like(state)
@@ -122,7 +119,7 @@ class _ChunkedInfoLoob(torch.autograd.Function):
             lse[rows] = _softmax_rows_(probs)
             if with_grad:
                 grad_inv_tau += torch.einsum("ij,ij->", probs, similarities)
-                grad_anchors[rows] += torch.mm(probs, candidates)
+                grad_anchors[rows].addmm_(probs, candidates)
                 grad_candidates.addmm_(probs.T, anchors[rows])
         if with_grad:
             ctx.save_for_backward(grad_anchors.mul_(inv_tau / n), grad_candidates.mul_(inv_tau / n), grad_inv_tau / n)
@@ -137,8 +134,8 @@ class _ChunkedInfoLoob(torch.autograd.Function):
 
 def _mask_positives(logits: torch.Tensor, first_positive: int) -> torch.Tensor:
     """Set logits[i, first_positive + i] to −inf in place (the left-out positives) and return it."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits.index_put_((rows, rows + first_positive), logits.new_tensor(float("-inf")))
+    logits.diagonal(first_positive).fill_(float("-inf"))
+    return logits
 
 
 def hopfield_retrieval(
