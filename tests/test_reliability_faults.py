@@ -17,7 +17,7 @@ from conftest import TINY_MODEL, launch, training_argv
 from open_clip_cloob import CloobLoss
 from open_clip_cloob.convert import CheckpointError
 from open_clip_cloob.offline_data import load_fashion_mnist, make_captions
-from training.reliability import NonFiniteGuard, ResumeState, load_checkpoint
+from training.reliability import NonFiniteGuard, ResumeState, load_checkpoint, sum_over_ranks
 
 
 @pytest.fixture
@@ -82,6 +82,35 @@ def test_grad_scaler_path_skips_nan_steps_and_counts_them(tiny_setup):
     scaler.update()
     assert guard.end_step(2) is False and guard.consecutive == 0
     assert any(not torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+class _DictLoss(torch.nn.Module):
+    """A loss module returning a dict of losses, like OpenCLIP's."""
+
+    def forward(self, outputs: torch.Tensor) -> dict:
+        return {"first": outputs.mean(), "second": outputs.sum()}
+
+
+def test_the_guard_agrees_through_a_process_group():
+    # A one-rank gloo group: the verdict and the counts go through the collective branch.
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        layer = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        loss, guard = _DictLoss(), NonFiniteGuard(max_consecutive=1)
+        guard.attach(optimizer, loss)
+        before = layer.weight.detach().clone()
+        loss(layer(torch.tensor([[float("nan"), 1.0]])))["first"].backward()
+        optimizer.step()
+        assert torch.equal(layer.weight, before)
+        assert guard.end_step(0) is True  # max_consecutive=1: stop
+        optimizer.zero_grad()
+        sum(loss(layer(torch.tensor([[2.0, 1.0]]))).values()).backward()
+        optimizer.step()
+        assert guard.end_step(1) is False and not torch.equal(layer.weight, before)
+        assert sum_over_ranks(7) == 7
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow

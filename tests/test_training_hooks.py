@@ -1,10 +1,18 @@
 """The hooks into OpenCLIP still fit the installed version: fail loudly instead of training CLIP."""
 import importlib
 import inspect
+import signal
 
 import pytest
 
-from training.openclip_hooks import CALLED, HOOKS
+from training import openclip_hooks
+from training.data_checks import BadSampleCounter, WebdatasetSampleCheck
+from training.openclip_hooks import CALLED, HOOKS, install_hooks
+from training.params import parse_args
+from training.reliability import PREEMPTION_SIGNALS
+
+# The names replaced only while OpenCLIP builds a webdataset pipeline (openclip_hooks._webdataset_checks).
+WHILE_BUILDING_WEBDATASET = {hook.name for hook in HOOKS if hook.caller == "open_clip_train.data.get_wds_dataset"}
 
 
 def _resolve(dotted: str):
@@ -52,3 +60,36 @@ def test_model_factory_forwards_the_temperature_keyword():
     from open_clip.model import CLIP
 
     assert "init_logit_scale" in inspect.signature(CLIP).parameters
+
+
+@pytest.fixture
+def hooked_modules():
+    """The modules HOOKS names and a copy of their globals; globals and signal handlers restored afterwards."""
+    modules = {name: importlib.import_module(name) for name in {hook.module for hook in HOOKS}}
+    before = {name: dict(vars(module)) for name, module in modules.items()}
+    handlers = {signum: signal.getsignal(signum) for signum in PREEMPTION_SIGNALS}
+    yield modules, before
+    for name, module in modules.items():
+        vars(module).update(before[name])  # the hooks only rebind existing names
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def _rebound(modules, before) -> set:
+    return {(name, attr) for name, module in modules.items() for attr, value in vars(module).items()
+            if before[name].get(attr) is not value}
+
+
+def test_install_hooks_replaces_exactly_the_listed_names(hooked_modules):
+    # --restart-cycles > 1: the cosine_lr hook is installed too.
+    install_hooks(parse_args(["--model", "RN50-cloob", "--lr-scheduler", "cosine-restarts", "--restart-cycles", "2"]))
+    expected = {(hook.module, hook.name) for hook in HOOKS if hook.name not in WHILE_BUILDING_WEBDATASET}
+    assert _rebound(*hooked_modules) == expected
+
+
+def test_webdataset_checks_replace_the_listed_names_while_building_only(hooked_modules):
+    modules, before = hooked_modules
+    with openclip_hooks._webdataset_checks(WebdatasetSampleCheck(BadSampleCounter(0))):
+        assert _rebound(modules, before) == {("open_clip_train.data", name) for name in WHILE_BUILDING_WEBDATASET}
+    assert _rebound(modules, before) == set()
+    assert len(WHILE_BUILDING_WEBDATASET) == 3

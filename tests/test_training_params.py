@@ -48,6 +48,8 @@ def test_cosine_restarts_runs_through_openclips_cosine_branch():
     ("--model", "RN50-cloob", "--init-inv-tau", "200"),
     ("--model", "RN50-cloob", "--hopfield-beta", "0"),
     ("--model", "RN50-cloob", "--lr-scheduler", "const", "--restart-cycles", "3"),
+    ("--model", "RN50-cloob", "--lr-scheduler", "cosine", "--restart-cycles", "3"),
+    ("--model", "RN50-cloob", "--restart-cycles", "3"),  # OpenCLIP's default scheduler is cosine
     ("--model", "RN50-cloob", "--restart-cycles", "0"),
     ("--model", "RN50-cloob", "--loss", "infonce"),
     ("--model", "RN50-cloob", "--no-such-openclip-flag"),

@@ -123,6 +123,7 @@ CALLED: Dict[str, Tuple[str, ...]] = {
     "open_clip_train.main.main": ("args",),
     "open_clip_train.params.parse_args": ("args",),
     "open_clip_train.scheduler.assign_learning_rate": ("optimizer", "new_lr"),
+    "open_clip_train.scheduler._warmup_lr": ("base_lr", "warmup_length", "step"),
     "open_clip.create_loss": ("args",),
     "open_clip.add_model_config": ("path",),
     "open_clip_train.data.expand_urls": ("urls", "weights"),
@@ -167,7 +168,8 @@ class CpuCapableDistributedDataParallel(DistributedDataParallel):
         super().__init__(module, device_ids, *args, **kwargs)
 
 
-def create_model_and_transforms(*args, init_inv_tau: Optional[float], learnable_inv_tau: bool, **kwargs):
+def create_model_and_transforms(*args: Any, init_inv_tau: Optional[float], learnable_inv_tau: bool,
+                                **kwargs: Any) -> Tuple[torch.nn.Module, Callable, Callable]:
     """OpenCLIP's factory with the CLOOB temperature: initial value and whether it trains."""
     if init_inv_tau is not None:
         kwargs["init_logit_scale"] = math.log(init_inv_tau)
@@ -230,8 +232,10 @@ class StepOffsetWriter:
         self.writer.add_scalar(tag, value, global_step + self.offset, *args, **kwargs)
 
 
-def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None, *,
-                    run: RunState):
+def train_one_epoch(model: torch.nn.Module, data: Dict[str, Any], loss: torch.nn.Module, epoch: int,
+                    optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Callable[[int], float],
+                    dist_model: Optional[torch.nn.Module], args: argparse.Namespace, tb_writer: Any = None, *,
+                    run: RunState) -> None:
     """OpenCLIP's epoch with the CLOOB settings in its checkpoints and :mod:`training.reliability`."""
     _attach_hooks(optimizer, loss, args, run.guard)
     train = data["train"]
@@ -265,7 +269,8 @@ def _bad_sample_counter(info: Any) -> Optional[BadSampleCounter]:
     return getattr(loader, "bad_samples", None) or getattr(getattr(loader, "dataset", None), "bad_samples", None)
 
 
-def get_data(args, preprocess_fns, epoch=0, tokenizer=None, *, run: RunState):
+def get_data(args: argparse.Namespace, preprocess_fns: Tuple[Callable, Callable], epoch: int = 0,
+             tokenizer: Optional[Callable] = None, *, run: RunState) -> Dict[str, Any]:
     """OpenCLIP's datasets; records their broken-sample counters, zero-shot folders skip unreadable images."""
     data = _openclip_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
     for name in ("imagenet-val", "imagenet-v2"):
@@ -279,7 +284,8 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None, *, run: RunState):
     return data
 
 
-def zero_shot_eval(model, data, epoch, args, tokenizer=None, *, run: RunState):
+def zero_shot_eval(model: torch.nn.Module, data: Dict[str, Any], epoch: int, args: argparse.Namespace,
+                   tokenizer: Optional[Callable] = None, *, run: RunState) -> Dict[str, Any]:
     """OpenCLIP's zero-shot evaluation, the first step of ``evaluate()``; adds broken-sample counts.
 
     A new evaluation pass begins here, so the evaluation datasets' counts restart; the counts of the
@@ -315,7 +321,8 @@ def _webdataset_checks(check: WebdatasetSampleCheck) -> Iterator[None]:
             setattr(openclip_data, name, original)
 
 
-def get_wds_dataset(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+def get_wds_dataset(args: argparse.Namespace, preprocess_img: Callable, is_train: bool, epoch: int = 0,
+                    floor: bool = False, tokenizer: Optional[Callable] = None) -> Any:
     """OpenCLIP's webdataset pipeline with checked shards, counted broken samples and a seeded resampler."""
     check_shards(args.train_data if is_train else args.val_data)
     check = WebdatasetSampleCheck(BadSampleCounter(args.max_bad_samples))
@@ -363,8 +370,8 @@ def cloob_val_loss(
     return total / count if count else math.nan
 
 
-def get_clip_metrics(image_features, text_features, logit_scale, *, run: RunState, hopfield_beta: Optional[float],
-                     batch_size: int):
+def get_clip_metrics(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, *,
+                     run: RunState, hopfield_beta: Optional[float], batch_size: int) -> Dict[str, Any]:
     """OpenCLIP's retrieval metrics, ``cloob_val_loss`` (given ``hopfield_beta``), ``broken_val_samples``.
 
     ``evaluate()`` calls this after its pass over ``--val-data``, logs the metrics and writes them

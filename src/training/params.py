@@ -132,12 +132,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--max-bad-samples must be >= 0")
     if args.max_nonfinite_steps < 1:
         parser.error("--max-nonfinite-steps must be at least 1")
+    if args.restart_cycles != 1 and args.lr_scheduler != COSINE_RESTARTS:
+        parser.error(f"--restart-cycles needs --lr-scheduler {COSINE_RESTARTS}")
     if args.lr_scheduler == COSINE_RESTARTS:
         # OpenCLIP's main only dispatches its own scheduler names; cosine-restarts runs through its
         # 'cosine' branch, whose factory training.openclip_hooks replaces by cosine_restarts_lr.
         args.lr_scheduler = "cosine"
-    elif args.restart_cycles != 1 and args.lr_scheduler != "cosine":
-        parser.error(f"--restart-cycles needs --lr-scheduler {COSINE_RESTARTS}")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -27,7 +27,7 @@ import pickle
 import random
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import fsspec
 import numpy as np
@@ -157,23 +157,27 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(device_state, dtype=torch.uint8) for device_state in state["cuda"]])
 
 
-def _all_reduce_int(value: int, op: Any) -> int:
-    """``value`` reduced with ``op`` over all ranks (``value`` itself without a process group)."""
+def _all_reduce_int(value: Union[int, torch.Tensor], op: Any) -> int:
+    """``value`` (an int, or a one-element tensor on any device) reduced with ``op`` over all ranks.
+
+    ``value`` itself without a process group. One host synchronisation: a tensor is reduced where
+    it lies (moved to the CPU for gloo) and read once.
+    """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    on_gpu = torch.distributed.get_backend() == "nccl"
-    tensor = torch.tensor([value], device=torch.cuda.current_device() if on_gpu else "cpu")
+        return int(value)
+    device = torch.cuda.current_device() if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.as_tensor(value).to(device=device, dtype=torch.int64).reshape(1)
     torch.distributed.all_reduce(tensor, op=op)
     return int(tensor.item())
 
 
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank; every rank must call this at the same point.
+def any_rank(flag: Union[bool, torch.Tensor]) -> bool:
+    """Whether ``flag`` (a bool, or a one-element bool tensor) holds on any rank; every rank must call this.
 
     Decisions that change the control flow (skip a step, save, stop) must be the same on all ranks,
     or the next collective operation hangs.
     """
-    return bool(_all_reduce_int(int(flag), torch.distributed.ReduceOp.MAX))
+    return bool(_all_reduce_int(flag, torch.distributed.ReduceOp.MAX))
 
 
 def sum_over_ranks(value: int) -> int:
@@ -237,27 +241,32 @@ class NonFiniteGuard:
     def attach(self, optimizer: torch.optim.Optimizer, loss: torch.nn.Module) -> None:
         """Guard ``optimizer``'s steps and watch ``loss`` (a module returning a dict of losses)."""
         optimizer.register_step_pre_hook(self.before_optimizer_step)
-        loss.register_forward_hook(lambda _loss, _inputs, losses: self.record_loss(sum(losses.values())))
+        loss.register_forward_hook(self._record_losses)
 
-    def record_loss(self, total_loss: torch.Tensor) -> None:
-        """Remember a (micro-batch) loss of the current step; checked when the step ends."""
-        self._losses.append(total_loss.detach())
+    def _record_losses(self, _loss: torch.nn.Module, _inputs: Any, losses: Dict[str, torch.Tensor]) -> None:
+        """Loss forward hook: remember the (micro-batch) losses of the current step, checked when it ends."""
+        self._losses.extend(value.detach() for value in losses.values())
 
-    def _loss_bad(self) -> bool:
-        return bool(self._losses) and not bool(torch.isfinite(torch.stack(self._losses)).all())
+    def _loss_bad(self) -> torch.Tensor:
+        """Whether a loss of the current step is not finite, as a bool tensor (no host synchronisation)."""
+        if not self._losses:
+            return torch.tensor(False)
+        return ~torch.isfinite(torch.stack(self._losses)).all()
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         """Optimizer step pre-hook: drop all gradients when the loss or the gradient norm is not finite."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
-        self._verdict = any_rank(self._loss_bad() or not bool(torch.isfinite(grad_norm)))
+        bad = self._loss_bad()
+        if params:
+            bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        self._verdict = any_rank(bad)  # the step's only host synchronisation and collective of the guard
         if self._verdict:
             for p in params:
                 p.grad = None
 
     def end_step(self, global_step: int) -> bool:
         """Account for the step that just ended; True when the run must stop."""
-        # One host sync and collective per step: reuse the pre-hook's agreed verdict when it ran.
+        # Reuse the pre-hook's agreed verdict when it ran: one synchronisation and collective per step.
         bad = self._verdict if self._verdict is not None else any_rank(self._loss_bad())
         self._losses, self._verdict = [], None
         if not bad:

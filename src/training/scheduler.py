@@ -7,7 +7,7 @@ the rate into every parameter group.
 import math
 from typing import Callable
 
-from open_clip_train.scheduler import assign_learning_rate
+from open_clip_train.scheduler import _warmup_lr, assign_learning_rate
 from torch.optim import Optimizer
 
 
@@ -31,7 +31,7 @@ def cosine_restarts_lr(
 
     def _lr_adjuster(step: int) -> float:
         if step < warmup_length:
-            lr = base_lr * (step + 1) / warmup_length
+            lr = _warmup_lr(base_lr, warmup_length, step)
         else:
             progress = (step - warmup_length) / decay_steps
             lr = 0.0 if progress >= 1 else base_lr * 0.5 * (1 + math.cos(math.pi * ((cycles * progress) % 1.0)))
