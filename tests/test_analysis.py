@@ -46,7 +46,7 @@ def test_alignment_known_values():
     e1, e2 = torch.eye(2)[:1].repeat(10, 1), torch.eye(2)[1:].repeat(10, 1)
     assert analysis.alignment(e1, e2) == pytest.approx(2.0)  # orthogonal pairs
     assert analysis.alignment(e1, e2, alpha=1.0) == pytest.approx(math.sqrt(2.0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"two \[n, d\] tensors of one shape, got \(50, 8\) and \(49, 8\)"):
         analysis.alignment(x, x[:-1])
 
 
@@ -92,8 +92,16 @@ def test_effective_rank_isotropic_versus_rank_one_embeddings():
     signs = torch.randint(0, 2, (500, 1), generator=torch.Generator().manual_seed(0)).double() * 2 - 1
     rank_one = signs * unit_rows(torch.randn(1, dim))
     assert analysis.effective_rank(analysis.covariance_spectrum(rank_one)) == pytest.approx(1.0, abs=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive sum"):
         analysis.effective_rank(torch.zeros(4))
+
+
+@pytest.mark.parametrize("function", [analysis.uniformity, analysis.covariance_spectrum])
+def test_single_row_or_vector_is_refused(function):
+    with pytest.raises(ValueError, match=r"needs an \[n, d\] tensor with n >= 2, got shape \(1, 4\)"):
+        function(torch.ones(1, 4))
+    with pytest.raises(ValueError, match=r"got shape \(4,\)"):
+        function(torch.ones(4))
 
 
 def test_modality_gap():
@@ -117,16 +125,22 @@ def test_analyze_embeddings_table_and_plot(tmp_path):
     assert lines[0] == "| metric | A | B |" and len(lines) == 2 + len(analysis.METRICS) + 1
     import matplotlib.image
 
+    import matplotlib.pyplot as plt
+
+    figures_before = plt.get_fignums()
     path = analysis.plot_spectra({"A": results, "B": results}, tmp_path / "spectra.png")
     assert matplotlib.image.imread(path).shape[2] in (3, 4)
+    assert plt.get_fignums() == figures_before  # no figure left open in pyplot
 
 
 def test_library_imports_without_matplotlib(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    # None in sys.modules makes importing a module raise ImportError: hide matplotlib and every submodule.
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)
     module = importlib.reload(analysis)
     x = unit_rows(torch.randn(10, 4))
     assert module.analyze_embeddings(x, x)["alignment"] == 0.0
-    with pytest.raises(ImportError):
+    with pytest.raises(ImportError, match="plots need matplotlib"):
         module.plot_spectra({"x": module.analyze_embeddings(x, x)}, "unused.png")
 
 

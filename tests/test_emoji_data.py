@@ -1,4 +1,6 @@
 """Noto emoji with their CLDR names: parsing Unicode's list, skin tones, rendering."""
+import re
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,23 @@ def test_emoji_list_parses_fully_qualified_entries(emoji_list):
     assert by_name["flag: Germany"].text == "\U0001F1E9\U0001F1EA"
     # Only fully-qualified entries: the unqualified "☺" (without U+FE0F) is not listed twice.
     assert sum(item.name == "smiling face" for item in emoji_list) == 1
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    listing = tmp_path / "emoji-test.txt"
+    listing.write_text("# group: Smileys & Emotion\n1F600 ; fully-qualified # 😀 E1.0 grinning face\n"
+                       "1F6ZZ ; fully-qualified # ? E1.0 broken\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{listing}:3: not an emoji-test.txt data line")):
+        emoji_data.load_emoji_list(listing)
+
+
+def test_parses_a_small_list_without_the_installed_file(tmp_path):
+    listing = tmp_path / "emoji-test.txt"
+    listing.write_text("# group: People & Body\n# subgroup: hand-fingers-closed\n"
+                       "1F44D 1F3FD ; fully-qualified # 👍🏽 E1.0 thumbs up: medium skin tone\n"
+                       "263A ; unqualified # ☺ E0.6 smiling face\n", encoding="utf-8")
+    assert emoji_data.load_emoji_list(listing) == [
+        emoji_data.Emoji("\U0001F44D\U0001F3FD", "thumbs up: medium skin tone", "People & Body", "hand-fingers-closed")]
 
 
 @pytest.mark.parametrize("name, tone", [

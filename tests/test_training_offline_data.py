@@ -6,8 +6,8 @@ from open_clip_train.data import CsvDataset
 from PIL import Image
 
 from open_clip_cloob.offline_data import (
-    CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions, write_csv_dataset,
-    write_webdataset_shards)
+    CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions, write_clip_benchmark_set,
+    write_csv_dataset, write_webdataset_shards)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_load_returns_the_documented_arrays(test_split):
 
 
 def test_unknown_split_is_an_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown split 'validation'"):
         load_fashion_mnist("validation")
 
 
@@ -60,5 +60,18 @@ def test_webdataset_shards_hold_png_txt_and_cls(tmp_path, test_split):
 
 
 def test_writers_reject_mismatched_lengths(tmp_path, test_split):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="3 images, 2 captions"):
         write_webdataset_shards(tmp_path, test_split[0][:3], ["a photo of a bag."] * 2)
+    with pytest.raises(ValueError, match="3 images, 3 captions, 2 labels"):
+        write_webdataset_shards(tmp_path, test_split[0][:3], ["a photo of a bag."] * 3, labels=[8, 8])
+    assert list(tmp_path.iterdir()) == []  # refused before writing anything
+
+
+def test_clip_benchmark_set_refuses_labels_without_class_names(tmp_path):
+    images, captions = np.zeros((2, 28, 28), dtype=np.uint8), ["a photo of a bag."] * 2
+    with pytest.raises(ValueError, match="needs classnames and templates"):
+        write_clip_benchmark_set(tmp_path / "set", images, captions, labels=[8, 8])
+    with pytest.raises(ValueError, match=r"labels \[10\] have no class name \(10 classnames\)"):
+        write_clip_benchmark_set(tmp_path / "set", images, captions, labels=[8, 10],
+                                 classnames=FASHION_MNIST_CLASSES, templates=CAPTION_TEMPLATES)
+    assert not (tmp_path / "set").exists()

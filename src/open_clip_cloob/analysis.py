@@ -81,8 +81,7 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
         squared distance at most ``2n/(n−1)``) and tends to ``−2t`` for points spread uniformly over a
         sphere of growing dimension.
     """
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"uniformity needs an [n, d] tensor with n >= 2, got shape {tuple(x.shape)}")
+    _check_matrix(x, "uniformity")
     exponents = torch.pdist(x.double()).pow(2).mul(-t)
     # log of a mean of exponentials, without underflow for widely spread points.
     return (torch.logsumexp(exponents, dim=0) - math.log(len(exponents))).item()
@@ -97,8 +96,7 @@ def covariance_spectrum(x: torch.Tensor) -> torch.Tensor:
     Returns:
         float64 ``[d]`` tensor, non-negative (round-off below zero is clipped to 0).
     """
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"a covariance needs an [n, d] tensor with n >= 2, got shape {tuple(x.shape)}")
+    _check_matrix(x, "a covariance")
     centred = x.double() - x.double().mean(dim=0)
     covariance = centred.T @ centred / (len(x) - 1)
     return torch.linalg.eigvalsh(covariance).flip(0).clamp_min(0.0)
@@ -131,6 +129,11 @@ def modality_gap(x: torch.Tensor, y: torch.Tensor) -> float:
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"need [n, d] and [m, d] tensors, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
     return (x.double().mean(dim=0) - y.double().mean(dim=0)).norm().item()
+
+
+def _check_matrix(x: torch.Tensor, what: str) -> None:
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"{what} needs an [n, d] tensor with n >= 2, got shape {tuple(x.shape)}")
 
 
 def _check_pairs(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -185,14 +188,14 @@ def plot_spectra(results: Mapping[str, Mapping[str, Any]], path: Union[str, os.P
     rank. Writes a PNG to ``path`` and returns it.
     """
     try:
-        import matplotlib
+        # A bare Figure renders to files without pyplot: no display needed, and the caller's
+        # pyplot backend and open figures are left alone.
+        from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(f"plots need matplotlib (pip install matplotlib): {error}") from error
 
-    matplotlib.use("Agg")  # files only: no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(MODALITIES), figsize=(10, 4), sharey=True)
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, len(MODALITIES), sharey=True)
     for axis, modality in zip(axes, MODALITIES):
         for label, result in results.items():
             spectrum = torch.tensor(result[f"spectrum_{modality}"], dtype=torch.float64)
@@ -210,7 +213,6 @@ def plot_spectra(results: Mapping[str, Mapping[str, Any]], path: Union[str, os.P
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

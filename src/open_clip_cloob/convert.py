@@ -39,6 +39,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 
 import open_clip
 from open_clip.constants import HF_CONFIG_NAME
+from open_clip.factory import LOCAL_DIR_PREFIX
 import safetensors
 import safetensors.torch
 import torch
@@ -73,7 +74,6 @@ _ORIGINAL_KEY_RENAMES = {
 }
 ORIGINAL_HOPFIELD_KEY = "logit_scale_hopfield"  # log β; a loss constant, not a model parameter
 _MODULE_PREFIX = "module."
-LOCAL_DIR_PREFIX = "local-dir:"  # OpenCLIP's schema for model folders
 
 
 class CheckpointError(ValueError):
@@ -250,7 +250,10 @@ def _finite_exp(log_value: Any, source: str, key: str) -> float:
     tensor = torch.as_tensor(log_value)
     if tensor.numel() != 1 or not torch.isfinite(tensor).all():
         raise CheckpointError(f"{source}: {key!r} must be one finite number (a log scale), got {tensor.tolist()}")
-    return math.exp(float(tensor))
+    try:
+        return math.exp(float(tensor))
+    except OverflowError as error:
+        raise CheckpointError(f"{source}: {key!r} = {float(tensor)} is too large a log scale (exp overflows)") from error
 
 
 def _model_hint(model_config_file: Any) -> Optional[str]:
@@ -355,6 +358,7 @@ def save_converted(state_dict: StateDict, meta: Mapping[str, Any], path: Union[s
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The converter's command line (``src dst [--model NAME]``)."""
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_cloob.convert",
         description="Convert a CLOOB checkpoint (the authors' original layout or an OpenCLIP training "

@@ -46,10 +46,12 @@ class Emoji(NamedTuple):
 
 
 def emoji_font_path() -> Path:
+    """The Noto colour emoji font (``$EMOJI_FONT`` or the Debian path)."""
     return Path(os.environ.get("EMOJI_FONT", DEFAULT_EMOJI_FONT))
 
 
 def emoji_test_path() -> Path:
+    """Unicode's ``emoji-test.txt`` (``$EMOJI_TEST_FILE`` or the Debian path)."""
     return Path(os.environ.get("EMOJI_TEST_FILE", DEFAULT_EMOJI_TEST_FILE))
 
 
@@ -70,24 +72,28 @@ def load_emoji_list(path: Optional[Path] = None) -> List[Emoji]:
     A data line reads ``1F44D 1F3FD ; fully-qualified # 👍🏽 E1.0 thumbs up: medium skin tone``;
     ``# group:`` and ``# subgroup:`` comment lines set the grouping of the lines after them.
     """
+    path = _require(path or emoji_test_path())
     emoji: List[Emoji] = []
     group = subgroup = ""
-    for line in _require(path or emoji_test_path()).read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.startswith("# group:"):
             group = line.split(":", 1)[1].strip()
         elif line.startswith("# subgroup:"):
             subgroup = line.split(":", 1)[1].strip()
         elif not line.startswith("#") and ";" in line:
-            code_points, rest = line.split(";", 1)
-            status, comment = rest.split("#", 1)
-            if status.strip() != "fully-qualified":
-                continue
-            # comment = " 👍🏽 E1.0 thumbs up: medium skin tone": glyph, version, name.
-            _, _, name = comment.split(maxsplit=2)
-            text = "".join(chr(int(point, 16)) for point in code_points.split())
+            try:
+                code_points, rest = line.split(";", 1)
+                status, comment = rest.split("#", 1)
+                if status.strip() != "fully-qualified":
+                    continue
+                # comment = " 👍🏽 E1.0 thumbs up: medium skin tone": glyph, version, name.
+                _, _, name = comment.split(maxsplit=2)
+                text = "".join(chr(int(point, 16)) for point in code_points.split())
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not an emoji-test.txt data line: {line!r}") from error
             emoji.append(Emoji(text, name.strip(), group, subgroup))
     if not emoji:
-        raise ValueError(f"no fully-qualified emoji in {path or emoji_test_path()}")
+        raise ValueError(f"no fully-qualified emoji in {path}")
     return emoji
 
 

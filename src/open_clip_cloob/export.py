@@ -44,6 +44,7 @@ _CARD_ROWS = (
     ("source_format", "source layout"),
     ("url", "source URL"),
 )
+_CARD_KEYS = frozenset(key for key, _ in _CARD_ROWS)
 
 
 def export_model_folder(
@@ -76,7 +77,7 @@ def export_model_folder(
 def model_card(meta: Mapping[str, Any], out_dir: Path, source: Optional[Union[str, os.PathLike]] = None) -> str:
     """A short Markdown model card: what the model is, how to load it, its CLOOB hyperparameters."""
     rows = [(label, meta.get(key)) for key, label in _CARD_ROWS]
-    rows += [(key, meta[key]) for key in sorted(meta) if key not in dict(_CARD_ROWS)]
+    rows += [(key, meta[key]) for key in sorted(meta) if key not in _CARD_KEYS]
     table = "\n".join(f"| {label} | {_format_value(value)} |" for label, value in rows)
     origin = f" from `{Path(source).name}`" if source is not None else ""
     return f"""---
@@ -115,6 +116,7 @@ def _format_value(value: Any) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The exporter's command line (``checkpoint --out DIR [--model NAME]``)."""
     parser = argparse.ArgumentParser(
         prog="python -m open_clip_cloob.export",
         description="Export a CLOOB checkpoint (ours, converted or original) to OpenCLIP's model-folder format.",

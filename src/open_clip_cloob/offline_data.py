@@ -151,7 +151,7 @@ def write_csv_dataset(
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / csv_name
-    with open(csv_path, "w", newline="") as f:
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter=separator, quoting=csv.QUOTE_MINIMAL)
         writer.writerow([img_key, caption_key])
         for index, (image, caption) in enumerate(zip(images, captions)):
@@ -252,7 +252,7 @@ def write_fashion_mnist_dataset(
 
 
 def write_clip_benchmark_set(
-    root: Path,
+    root: Union[str, Path],
     images: np.ndarray,
     captions: Sequence[str],
     labels: Optional[Sequence[int]] = None,
@@ -266,12 +266,19 @@ def write_clip_benchmark_set(
     ``zeroshot_classification_templates.txt`` with ``{c}`` placeholders); without, a retrieval set
     (``dataset_type.txt`` = ``retrieval``; each sample's ``.txt`` caption is its text).
     """
+    root = Path(root)
+    if labels is not None:
+        if not classnames or not templates:
+            raise ValueError(f"{root}: a classification set (labels given) needs classnames and templates")
+        out_of_range = sorted({int(label) for label in labels} - set(range(len(classnames))))
+        if out_of_range:
+            raise ValueError(f"{root}: labels {out_of_range[:5]} have no class name ({len(classnames)} classnames)")
     shards = write_webdataset_shards(root / "test", images, captions, labels, samples_per_shard=samples_per_shard,
                                      shard_name="{index}.tar")
-    (root / "test" / "nshards.txt").write_text(f"{len(shards)}\n")
+    (root / "test" / "nshards.txt").write_text(f"{len(shards)}\n", encoding="utf-8")
     if labels is None:
-        (root / "dataset_type.txt").write_text("retrieval\n")
+        (root / "dataset_type.txt").write_text("retrieval\n", encoding="utf-8")
     else:
-        (root / "classnames.txt").write_text("\n".join(classnames) + "\n")
-        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+        (root / "classnames.txt").write_text("\n".join(classnames) + "\n", encoding="utf-8")
+        (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n", encoding="utf-8")
     return root

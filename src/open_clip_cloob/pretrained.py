@@ -16,7 +16,7 @@ OpenCLIP 3.3 has no public API for new pretrained tags, so this module is the on
 touches its internals: the tag registry ``open_clip.pretrained._PRETRAINED`` and the name
 ``open_clip.factory.download_pretrained`` that ``create_model`` calls for a tag. The wrapper
 installed there handles CLOOB tags and passes every other tag to OpenCLIP's own function.
-``tests/test_pretrained.py`` fails loudly if upstream moves either.
+``tests/test_cloob_pretrained.py`` fails loudly if upstream moves either.
 """
 import logging
 import os
