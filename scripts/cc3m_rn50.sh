@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CLOOB's Conceptual Captions recipe (Fürst et al., NeurIPS 2022): RN50, 4 GPUs x 128 = global
-# batch 512, AdamW lr 1e-3, weight decay 0.1, 20,000 warmup steps, cosine schedule with 10 hard
+# batch 512, AdamW lr 1e-3, weight decay 0.1, 20,000 warmup steps, 10 cosine cycles with hard
 # restarts, 70 epochs, mixed precision, inv_tau 30 (frozen), Hopfield beta 8.
 #   bash scripts/cc3m_rn50.sh                     # on a node with 4 GPUs (torchrun)
 #   sbatch scripts/cc3m_rn50.sh                   # as a SLURM job: one node, 4 tasks, requeued on preemption

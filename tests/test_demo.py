@@ -61,7 +61,8 @@ def test_report_artifacts_are_complete_and_parseable(smoke_run):
     assert results["settings"]["steps"] == SMOKE_STEPS and results["settings"]["smoke"] is True
     for loss in ("clip", "cloob"):
         curve = results["loss_curves"][loss]
-        assert curve["step"] == list(range(1, SMOKE_STEPS + 1)) and all(map(isinstance, curve["loss"], [float] * 3))
+        assert curve["step"] == list(range(1, SMOKE_STEPS + 1))
+        assert len(curve["loss"]) == SMOKE_STEPS and all(isinstance(value, float) for value in curve["loss"])
         zeroshot = results["zeroshot"][loss]
         for name, key, _ in smoke_run["demo"].ZEROSHOT_METRICS:
             assert 0.0 <= zeroshot[name][key] <= 1.0
@@ -114,3 +115,19 @@ def test_readme_without_markers_is_left_alone(tmp_path):
     readme.write_text("# no markers\n")
     assert _demo_module().update_readme(readme, "table") is False
     assert readme.read_text() == "# no markers\n"
+
+
+def test_committed_readme_block_is_the_committed_report():
+    """The README's demo numbers are those of docs/demo (written together by `make demo`, never by hand)."""
+    demo = _demo_module()
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(demo.README_BEGIN) + len(demo.README_BEGIN):text.index(demo.README_END)]
+    report = (REPO / "docs" / "demo" / "report.md").read_text()
+    results = json.loads((REPO / "docs" / "demo" / "results.json").read_text())
+    rows = [line for line in block.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 10 and all(line in report for line in rows)
+    settings = results["settings"]
+    assert (f"on {settings['date']} ({settings['steps']} steps, {settings['device']}, "
+            f"{results['timings_s']['total'] / 60:.1f} min in all") in block
+    for link in re.findall(r"\]\((docs/demo/[^)]+)\)", block):
+        assert (REPO / link).is_file(), link
