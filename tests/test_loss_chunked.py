@@ -7,7 +7,7 @@ import torch
 
 import open_clip_cloob.loss as loss_module
 from cloob_reference import reference_cloob, unit_rows
-from open_clip_cloob import CloobLoss, hopfield_retrieval, info_loob, info_nce
+from open_clip_cloob import CloobLoss, cloob_loss, hopfield_retrieval, info_loob, info_nce
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,6 +90,24 @@ def test_memory_efficient_variant_matches_float64_reference(small_chunks, n, obj
     reference = _value_and_grads(
         lambda a, b, s: reference_cloob(a, b, s, 8.0, objective=objective, hopfield=hopfield), x, y, scale)
     _assert_all_close(chunked, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("objective,hopfield", [("infoloob", True), ("infonce", False)])
+def test_functional_chunk_size_is_the_memory_efficient_module(small_chunks, objective, hopfield):
+    x, y = unit_rows(11, 8, seed=11), unit_rows(11, 8, seed=12)
+    module = CloobLoss(memory_efficient=True, objective=objective, hopfield=hopfield)(x, y, 30.0)
+    functional = cloob_loss(x, y, 30.0, 8.0, objective, hopfield, chunk_size=loss_module.chunk_rows(11))
+    assert functional == module
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3])
+def test_bad_chunk_size_raises(chunk_size):
+    x = unit_rows(4, 3, seed=13)
+    for compute in (lambda: cloob_loss(x, x, 30.0, chunk_size=chunk_size),
+                    lambda: hopfield_retrieval(x, x, 8.0, chunk_size=chunk_size),
+                    lambda: info_nce(x, x, 30.0, chunk_size=chunk_size)):
+        with pytest.raises(ValueError, match=f"chunk_size must be None or a positive number of rows, got {chunk_size}"):
+            compute()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

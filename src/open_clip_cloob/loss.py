@@ -24,7 +24,7 @@ by side: the retrieval (:func:`hopfield_retrieval`, ``_ChunkedRetrieval``, and
 score (``_contrastive`` and ``_ChunkedContrastive``, InfoLOOB and InfoNCE differing only in whether
 the positive is left out; public as :func:`info_loob` and :func:`info_nce`). A variant is a small
 function that returns the two (anchors, candidates) pairs to score (``_retrieval_pairs``,
-``_embedding_pairs``); ``_objective`` is the one implementation behind the pure function
+``_embedding_pairs``); ``_loss`` is the one implementation behind the pure function
 :func:`cloob_loss` and every mode of :class:`CloobLoss`. Diagnostics of the Hopfield step
 (:func:`hopfield_diagnostics`) and the value of a collapsed model (:func:`collapsed_loss`) close it.
 """
@@ -155,6 +155,7 @@ def hopfield_retrieval(
         [n, d] retrieved patterns with unit rows.
     """
     if chunk_size is not None:
+        _check_chunk_size(chunk_size)
         return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
     return F.normalize(torch.softmax(beta * (state @ memory.T), dim=-1) @ memory, dim=-1)
 
@@ -258,6 +259,7 @@ def _contrastive(
     """InfoLOOB (``leave_out_positive``) or InfoNCE: see :func:`info_loob` and :func:`info_nce`."""
     inv_tau = torch.as_tensor(inv_tau, dtype=anchors.dtype, device=anchors.device)
     if chunk_size is not None:
+        _check_chunk_size(chunk_size)
         return _ChunkedContrastive.apply(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive)
     n = anchors.shape[0]
     positives = inv_tau * (anchors * candidates[positive_offset:positive_offset + n]).sum(dim=1)
@@ -373,7 +375,7 @@ def _embedding_pairs(
     return (image_states, text_memory), (text_states, image_memory)
 
 
-def _objective(
+def _loss(
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: Union[torch.Tensor, float],
@@ -422,6 +424,11 @@ def _check_objective(objective: str) -> None:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
 
 
+def _check_chunk_size(chunk_size: int) -> None:
+    if not chunk_size >= 1:
+        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size}")
+
+
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor, world_size: int) -> None:
     if image_features.ndim != 2 or image_features.shape != text_features.shape:
         raise ValueError(
@@ -465,7 +472,7 @@ def cloob_loss(
     _check_beta(hopfield_beta)
     _check_objective(objective)
     _check_features(image_features, text_features, world_size=1)
-    return _objective(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size)
+    return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size)
 
 
 def _gather_keywords(use_horovod: bool) -> Dict[str, bool]:
@@ -581,7 +588,7 @@ class CloobLoss(nn.Module):
         local = distributed and self.local_loss
         n_memory = image_features.shape[0] * self.world_size
         chunk_size = self._chunk_size(image_features.shape[0] if local else n_memory, n_memory)
-        loss = _objective(
+        loss = _loss(
             image_features, text_features, logit_scale, self.hopfield_beta, self.objective, self.hopfield,
             chunk_size, gather=self._gather if distributed else None, local_rank=self.rank if local else None)
         return {"cloob_loss": loss} if output_dict else loss
