@@ -228,7 +228,7 @@ def test_variant_float32_matches_float64_reference(variant):
 @pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
 def test_variant_gradcheck_float64(variant):
     objective, hopfield = variant
-    x, y = unit_rows(4, 5, seed=9).requires_grad_(), unit_rows(4, 5, seed=10).requires_grad_()
+    x, y = unit_rows(3, 4, seed=9).requires_grad_(), unit_rows(3, 4, seed=10).requires_grad_()
     scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(CloobLoss(hopfield_beta=3.0, objective=objective, hopfield=hopfield), (x, y, scale))
 

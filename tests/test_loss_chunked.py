@@ -81,7 +81,7 @@ def test_memory_efficient_cloob_matches_float64_reference(small_chunks, n):
 
 
 @pytest.mark.parametrize("objective,hopfield", [("infonce", True), ("infoloob", False), ("infonce", False)])
-@pytest.mark.parametrize("n", [2, 17])
+@pytest.mark.parametrize("n", [2, 11])
 def test_memory_efficient_variant_matches_float64_reference(small_chunks, n, objective, hopfield):
     x, y = unit_rows(n, 8, seed=n), unit_rows(n, 8, seed=n + 1)
     scale = torch.tensor(30.0, dtype=torch.float64)
