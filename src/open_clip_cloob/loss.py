@@ -22,7 +22,8 @@ Layout: each primitive has one home holding its direct and chunked (memory-effic
 by side: the retrieval (:func:`hopfield_retrieval`, ``_ChunkedRetrieval``, and
 :func:`cross_hopfield_retrieval`, which shares X·Yᵀ between two retrievals) and the contrastive
 score (``_contrastive`` and ``_ChunkedContrastive``, InfoLOOB and InfoNCE differing only in whether
-the positive is left out; public as :func:`info_loob` and :func:`info_nce`). A variant is a small
+the positive is left out; public as :func:`info_loob` and :func:`info_nce`; and
+``_contrastive_both_ways``, which shares X·Yᵀ between ℓ(X, Y) and ℓ(Y, X) like ``ClipLoss``). A variant is a small
 function that returns the two (anchors, candidates) pairs to score (``_retrieval_pairs``,
 ``_embedding_pairs``); ``_loss`` is the one implementation behind the pure function
 :func:`cloob_loss` and every mode of :class:`CloobLoss`. Diagnostics of the Hopfield step
@@ -32,7 +33,7 @@ import inspect
 import logging
 import math
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -158,24 +159,6 @@ def hopfield_retrieval(
         _check_chunk_size(chunk_size)
         return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
     return F.normalize(torch.softmax(beta * (state @ memory.T), dim=-1) @ memory, dim=-1)
-
-
-def cross_hopfield_retrieval(
-        image: torch.Tensor, text: torch.Tensor, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(Hop(Y, X), Hop(X, Y))`` from one similarity product: Y Xᵀ and X Yᵀ are transposes.
-
-    Args:
-        image: [n, d] image patterns X (states of the second retrieval, memory of the first).
-        text: [n, d] text patterns Y.
-        beta: inverse temperature β > 0.
-
-    Returns:
-        [n, d] texts retrieved from image memory, [n, d] images retrieved from text memory.
-    """
-    scores = beta * (text @ image.T)  # [n_text, n_image]
-    text_from_images = torch.softmax(scores, dim=1) @ image
-    image_from_texts = torch.softmax(scores, dim=0).T @ text
-    return F.normalize(text_from_images, dim=-1), F.normalize(image_from_texts, dim=-1)
 
 
 def cross_hopfield_retrieval(
@@ -332,47 +315,43 @@ def info_nce(
 # The variants: which (anchors, candidates) pairs are scored; the one implementation of the loss
 
 
+class _Batch(NamedTuple):
+    """What a rank scores: states (its own rows with ``local_loss``, else the global batch) and the
+    global batch as memory and candidates, each [rows, d]."""
+    image_states: torch.Tensor
+    text_states: torch.Tensor
+    image_memory: torch.Tensor
+    text_memory: torch.Tensor
+
+
 def _retrieval_pairs(
-        image_states: torch.Tensor,
-        text_states: torch.Tensor,
-        image_memory: torch.Tensor,
-        text_memory: torch.Tensor,
-        beta: float,
-        chunk_size: Optional[int],
-        gather_candidates: Optional[Gather],
-) -> Pairs:
+        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
     """CLOOB's pairs ``(U_x, U_y), (V_y, V_x)``: the states' four Hopfield retrievals from the memory.
 
     ``gather_candidates`` is None when the states are the whole batch (the memory); for a rank's
     own states (``local_loss``) it all-gathers the retrieved candidates U_y, V_x to the global batch.
     """
     if chunk_size is None and gather_candidates is None:
-        image_from_images = hopfield_retrieval(image_memory, image_memory, beta)  # U_x
-        text_from_images, image_from_texts = cross_hopfield_retrieval(image_memory, text_memory, beta)  # U_y, V_x
-        text_from_texts = hopfield_retrieval(text_memory, text_memory, beta)  # V_y
+        image_from_images = hopfield_retrieval(batch.image_memory, batch.image_memory, beta)  # U_x
+        text_from_images, image_from_texts = cross_hopfield_retrieval(  # U_y, V_x
+            batch.image_memory, batch.text_memory, beta)
+        text_from_texts = hopfield_retrieval(batch.text_memory, batch.text_memory, beta)  # V_y
     else:
         # Four separate calls rather than stacked [x; y] states: each call saves its own inputs
         # for backward, where a stacked copy would add [2N, d] tensors to the memory peak.
-        image_from_images = hopfield_retrieval(image_states, image_memory, beta, chunk_size)
-        text_from_images = hopfield_retrieval(text_states, image_memory, beta, chunk_size)
-        image_from_texts = hopfield_retrieval(image_states, text_memory, beta, chunk_size)
-        text_from_texts = hopfield_retrieval(text_states, text_memory, beta, chunk_size)
+        image_from_images = hopfield_retrieval(batch.image_states, batch.image_memory, beta, chunk_size)
+        text_from_images = hopfield_retrieval(batch.text_states, batch.image_memory, beta, chunk_size)
+        image_from_texts = hopfield_retrieval(batch.image_states, batch.text_memory, beta, chunk_size)
+        text_from_texts = hopfield_retrieval(batch.text_states, batch.text_memory, beta, chunk_size)
     if gather_candidates is not None:
         text_from_images, image_from_texts = gather_candidates(text_from_images, image_from_texts)
     return (image_from_images, text_from_images), (text_from_texts, image_from_texts)
 
 
 def _embedding_pairs(
-        image_states: torch.Tensor,
-        text_states: torch.Tensor,
-        image_memory: torch.Tensor,
-        text_memory: torch.Tensor,
-        beta: float,
-        chunk_size: Optional[int],
-        gather_candidates: Optional[Gather],
-) -> Pairs:
+        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
     """The plain embeddings' pairs ``(X, Y), (Y, X)``; the candidates are the (gathered) batch itself."""
-    return (image_states, text_memory), (text_states, image_memory)
+    return (batch.image_states, batch.text_memory), (batch.text_states, batch.image_memory)
 
 
 def _loss(
@@ -401,12 +380,13 @@ def _loss(
         inv_tau = torch.as_tensor(logit_scale, device=image.device).to(dtype)
         image_memory, text_memory = (image, text) if gather is None else gather(image, text)
         local = local_rank is not None
-        image_states, text_states = (image, text) if local else (image_memory, text_memory)
+        batch = _Batch(*((image, text) if local else (image_memory, text_memory)), image_memory, text_memory)
         pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(
-            image_states, text_states, image_memory, text_memory, hopfield_beta, chunk_size, gather if local else None)
+            batch, hopfield_beta, chunk_size, gather if local else None)
         leave_out_positive = _LEAVES_OUT_POSITIVE[objective]
         (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
         if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
+            # ℓ(A, B) + ℓ(B, A) on the whole batch: one [N, N] product serves both directions.
             return _contrastive_both_ways(first_anchors, first_candidates, inv_tau, leave_out_positive) / inv_tau
         offset = local_rank * image.shape[0] if local else 0
         loss = (_contrastive(first_anchors, first_candidates, inv_tau, offset, chunk_size, leave_out_positive)
@@ -634,7 +614,8 @@ def _mean_attended_patterns(state: torch.Tensor, memory: torch.Tensor, beta: flo
 
 
 def _mean_off_diagonal_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(1 / (n(n−1))) Σ_{i≠j} a_i·b_j`` of two [n, d] tensors in O(n·d): (Σ_i a_i)·(Σ_j b_j) − Σ_i a_i·b_i."""
+    """``(1 / (n(n−1))) Σ_{i≠j} a_i·b_j`` of two [n, d] tensors in O(n·d):
+    ``(Σ_i a_i)·(Σ_j b_j) − Σ_i a_i·b_i``."""
     n = a.shape[0]
     return (a.sum(dim=0) @ b.sum(dim=0) - (a * b).sum()) / (n * (n - 1))
 
@@ -648,7 +629,8 @@ def hopfield_diagnostics(
     text embeddings, N the batch. For each of the four retrievals Hop(S, M) of the loss, with
     ``P = softmax_rows(β S Mᵀ)``, the effective number of attended stored patterns is
     ``mean_i exp(−Σ_j P_ij log P_ij)``: N for uniform attention (β → 0), 1 when every state
-    attends to one pattern (large β with distinct states = memory).
+    attends to one pattern (large β with distinct states = memory). Work O(N²·d) in [rows, N]
+    blocks of at most ``CHUNK_ELEMENTS``, without gradient; one host sync.
 
     Args:
         image_features: [N, d] image embeddings X, N ≥ 2.
@@ -663,7 +645,6 @@ def hopfield_diagnostics(
         ``mean_cosine_images`` = mean_{i≠j} x_i·x_j and ``mean_cosine_texts`` = mean_{i≠j} y_i·y_j
         (1 for a collapsed batch); ``positive_minus_negative`` = mean_i x_i·y_i − mean_{i≠j} x_i·y_j
         (0 when pairs are no more similar than non-pairs).
-        Work O(N²·d) in [rows, N] blocks of at most ``CHUNK_ELEMENTS``; one host sync.
     """
     _check_beta(hopfield_beta)
     _check_features(image_features, text_features, world_size=1)
