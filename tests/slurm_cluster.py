@@ -200,7 +200,7 @@ class SlurmCluster:
         return int(result.stdout.strip().split(";")[0])
 
     def job(self, job_id: int) -> Dict[str, str]:
-        """The job's fields as ``scontrol show job`` gives them (kept MinJobAge, 300 s, after it ends)."""
+        """The job's fields as ``scontrol show job`` gives them (also for MinJobAge after it ended)."""
         return parse_job(self.command("scontrol", "show", "job", "-o", str(job_id)))
 
     def wait_job(self, job_id: int, predicate: Callable[[Dict[str, str]], bool], what: str,
@@ -243,13 +243,22 @@ class SlurmCluster:
 
     def stop(self) -> None:
         """Cancel every job, stop the daemons, kill what jobs left behind; fail if a process survives."""
-        if "slurmctld" in self._daemons and self._daemons["slurmctld"].poll() is None:
-            jobs = self.command("squeue", "-h", "-o", "%A", check=False).split()
-            if jobs:
-                self.command("scancel", *jobs, check=False)
-                deadline = time.monotonic() + STOP_TIMEOUT_S
-                while self.command("squeue", "-h", "-o", "%A", check=False).split() and time.monotonic() < deadline:
-                    time.sleep(0.5)
+        try:
+            if "slurmctld" in self._daemons and self._daemons["slurmctld"].poll() is None:
+                self._cancel_jobs()
+        finally:
+            self._stop_daemons()
+            self._kill_leftovers()
+
+    def _cancel_jobs(self) -> None:
+        jobs = self.command("squeue", "-h", "-o", "%A", check=False).split()
+        if jobs:
+            self.command("scancel", *jobs, check=False)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self.command("squeue", "-h", "-o", "%A", check=False).split() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+    def _stop_daemons(self) -> None:
         for name in reversed(DAEMONS):  # slurmd, slurmctld, then munged, which they authenticate with
             process = self._daemons.pop(name, None)
             if process is None:
@@ -260,6 +269,8 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def _kill_leftovers(self) -> None:
         for pid in self._leftovers():
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -169,10 +169,12 @@ class PreemptedJob:
         return self.cluster.wait_job(self.job.id, reached, what, TIMEOUT_S)
 
     def wait_for_stop(self, stops: int, output: Path) -> None:
-        """Until both ranks logged stop number ``stops``; then until the script requeued the job."""
+        """Until both ranks logged stop number ``stops`` (the checkpoint is written)."""
         self.wait("the ranks to save and stop", lambda _: len(_stops(_read(output))) >= WORLD_SIZE * stops)
         self.timeline(f"both ranks logged 'Preempted: SIGUSR1: step {_stops(_read(output))[-1]}', exit 75")
-        fields = self.wait("the requeue", lambda fields: fields["Restarts"] == str(stops))
+
+    def wait_for_requeue(self, restarts: int) -> None:
+        fields = self.wait("the requeue", lambda fields: fields["Restarts"] == str(restarts))
         self.timeline(f"requeued by the script: {fields['JobState']}, reason {fields['Reason']}, "
                       f"EligibleTime {fields['EligibleTime']}")
 
@@ -200,20 +202,24 @@ def test_preempted_job_saves_exits_75_is_requeued_and_resumes_to_the_uninterrupt
     output = Path(fields["StdOut"])
     timeline(f"attempt 1 trained 2 steps (StartTime {fields['StartTime']})")
     cluster.command("scancel", "--signal=STOP", str(job.id))
-    elapsed = _run_seconds(attempts.wait("30 s of run time", lambda fields: _run_seconds(fields) >= PERIODIC_S))
-    # The longest whole-minute limit whose warning is due (end - now <= 180 s + one 30 s check period):
-    # at least 4 minutes, so the warning cannot fall due again before the limit is restored below.
+    elapsed = _run_seconds(cluster.job(job.id))
+    # The longest whole-minute limit whose warning is due at the next check (end - now <= 180 s + one
+    # 30 s check period): more than 150 s left for the warning, the stop and the requeue.
     minutes = (WARN_S + PERIODIC_S + elapsed) // 60
     cluster.command("scontrol", "update", f"JobId={job.id}", f"TimeLimit={minutes}")
     timeline(f"ranks paused (scancel --signal=STOP); time limit cut to {minutes} min at {elapsed} s of run time")
     attempts.wait_for_stop(1, output)
+    # Restored before the requeue (the ranks take seconds to exit, a requeued job 6 s to start): the
+    # next attempts run under the full limit.
     cluster.command("scontrol", "update", f"JobId={job.id}", f"TimeLimit={TIME_LIMIT_MIN}")
+    attempts.wait_for_requeue(1)
 
     # 2. scancel --batch: SIGUSR1 to the batch script only, which passes it to srun and on to the ranks.
     attempts.wait_for_resume(2, len(_read(attempts.out_log)))
     cluster.command("scancel", "--batch", "--signal=USR1", str(job.id))
     timeline("scancel --batch --signal=USR1")
     attempts.wait_for_stop(2, output)
+    attempts.wait_for_requeue(2)
 
     attempts.wait_for_resume(3, len(_read(attempts.out_log)))
     fields = _wait_completed(cluster, job, restarts=2)
