@@ -126,9 +126,7 @@ def _single_process(world_size, variant, anchor_indices=None):
 def distributed_run(request, tmp_path_factory):
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"world{world_size}")
-    # Takes effect when this session starts the forkserver (a running one only costs the imports).
-    # Python 3.11's forkserver ignores the parent's sys.path: preload what PYTHONPATH/site reach.
-    mp.set_forkserver_preload(["pytest", "open_clip_cloob"])
+    # The forkserver preloads what conftest's training_process sets (torch, OpenCLIP, this package).
     mp.start_processes(_worker, args=(world_size, _free_port(), str(out_dir)), nprocs=world_size, join=True,
                        start_method="forkserver")
     ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]

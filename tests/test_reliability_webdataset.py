@@ -6,6 +6,7 @@ in the middle of a file.
 """
 import io
 import json
+import os
 import re
 import tarfile
 from itertools import islice
@@ -15,7 +16,8 @@ from typing import Dict, List
 import open_clip
 import pytest
 
-from conftest import CORRUPT_IMAGENET_IMAGES, TINY_MODEL, run_training, tensorboard_scalars, training_argv
+from conftest import (
+    CORRUPT_IMAGENET_IMAGES, TINY_MODEL, launch, run_training, tensorboard_scalars, training_argv, wait_for, wait_ok)
 from open_clip_cloob.offline_data import load_fashion_mnist, make_captions, write_webdataset_shards
 from training import openclip_hooks, params
 from training.data_checks import BadDataError
@@ -173,10 +175,15 @@ def test_a_resampled_run_resumed_inside_an_epoch_draws_afresh_for_its_remaining_
              "--train-num-samples", "512", "--batch-size", "16", "--epochs", "1", "--lr", "1e-3",
              "--warmup", "5", "--log-every-n-steps", "1", "--save-every-n-steps", "20",
              "--report-to", "tensorboard")
-    run_training(training_argv(tmp_path, "full", *flags), tmp_path / "full.stdout")
-    step_checkpoint = tmp_path / "full" / "checkpoints" / "epoch_0_step_20.pt"
-    run_training(training_argv(tmp_path, "resumed", *flags, "--resume", str(step_checkpoint)),
-                 tmp_path / "resumed.stdout")
+    full = launch(training_argv(tmp_path, "full", *flags), tmp_path / "full.stdout")
+    step_checkpoint, kept = tmp_path / "full" / "checkpoints" / "epoch_0_step_20.pt", tmp_path / "step_20.pt"
+    try:
+        # epoch_1.pt supersedes the step checkpoint at the end of the run, which then deletes it.
+        wait_for(lambda: step_checkpoint.exists() or full.poll() is not None, "the step checkpoint")
+        os.link(step_checkpoint, kept)
+    finally:
+        wait_ok([full], [tmp_path / "full.stdout"])
+    run_training(training_argv(tmp_path, "resumed", *flags, "--resume", str(kept)), tmp_path / "resumed.stdout")
     log = (tmp_path / "resumed" / "out.log").read_text()
     assert "Resuming inside epoch 0 after 20 steps" in log
     assert "the rest of epoch 0 draws its shards afresh (resumed after 20 steps)" in log

@@ -19,8 +19,11 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-# The fork server holds no threads, so forking it is safe; its children configure their own.
-_CONTEXT.set_forkserver_preload(["training.main", __name__])
+# The suite's one fork server (test_distributed_loss's workers come from it too) imports these once.
+# It holds no threads, so forking it is safe. Python 3.11's fork server ignores the parent's
+# sys.path: only modules that site-packages or PYTHONPATH reach can be preloaded.
+FORKSERVER_PRELOAD = ["pytest", "training.main"]
+_CONTEXT.set_forkserver_preload(FORKSERVER_PRELOAD)
 
 
 def _run(argv: Sequence[str], log_file: str, env: Mapping[str, str], new_session: bool) -> None:

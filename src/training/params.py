@@ -65,7 +65,8 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--save-every-n-steps", type=int, default=0, metavar="N",
         help="Also write a checkpoint every N optimizer steps (counted over the whole run), inside "
              "epochs: epoch_latest.pt with --save-most-recent, otherwise epoch_E_step_S.pt (older "
-             "step checkpoints are deleted). --resume latest continues from it at that step. 0: off. "
+             "step checkpoints are deleted, and so is this one once epoch_N.pt, N > E, is written). "
+             "--resume latest continues from it at that step. 0: off. "
              "A SIGUSR1 or SIGTERM always writes one and exits with status 75.")
     group.add_argument(
         "--max-nonfinite-steps", type=int, default=20, metavar="N",

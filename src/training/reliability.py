@@ -4,7 +4,8 @@
 
 - :func:`atomic_save` replaces ``torch.save``: a checkpoint appears under its name complete or not
   at all (temporary file, fsync, rename), so a kill during a write never leaves a truncated
-  ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``.
+  ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``. Once ``epoch_N.pt`` is written, the
+  step checkpoints of earlier epochs are deleted.
 - :func:`load_checkpoint` replaces OpenCLIP's ``pt_load``: ``torch.load(weights_only=True)``, a
   pickle that would run code is refused with :class:`~open_clip_cloob.convert.CheckpointError`; it
   also picks up the mid-epoch position of a step checkpoint.
@@ -25,6 +26,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
@@ -41,6 +43,8 @@ LATEST_CHECKPOINT_NAME = "epoch_latest.pt"  # OpenCLIP's name for --save-most-re
 # Natural sort (OpenCLIP's --resume latest) puts epoch_E_step_S.pt after epoch_E.pt, before epoch_E+1.pt.
 STEP_CHECKPOINT_NAME = "epoch_{epoch}_step_{step}.pt"
 STEP_CHECKPOINT_GLOB = "epoch_*_step_*.pt"
+STEP_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)_step_\d+\.pt")
+EPOCH_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt")  # OpenCLIP's checkpoint after N completed epochs
 # Hidden and not *.pt: OpenCLIP's --resume latest glob never sees a file being written.
 PARTIAL_NAME = ".{name}.partial"
 PARTIAL_GLOB = ".*.partial"
@@ -62,7 +66,8 @@ class NumericFaultError(RuntimeError):
 def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
     """``torch.save`` that writes a path through a temporary file (:data:`PARTIAL_NAME`), fsync, rename.
 
-    File objects go straight to ``torch.save``.
+    File objects go straight to ``torch.save``. After an ``epoch_N.pt``, the step checkpoints it
+    supersedes are deleted (:func:`remove_superseded_step_checkpoints`).
     """
     if not isinstance(f, (str, os.PathLike)):
         _torch_save(obj, f, *args, **kwargs)
@@ -78,6 +83,25 @@ def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    remove_superseded_step_checkpoints(path)
+
+
+def remove_superseded_step_checkpoints(path: str) -> None:
+    """Once ``epoch_N.pt`` is written at ``path``: delete the step checkpoints of earlier epochs next to it.
+
+    ``epoch_E_step_S.pt`` with E < N is older than ``epoch_N.pt``, which ``--resume latest`` takes
+    instead; left alone, a run preempted in an epoch keeps that file after it finished. Step
+    checkpoints inside epoch N are newer and stay. Any other ``path`` changes nothing.
+    """
+    saved = EPOCH_CHECKPOINT_PATTERN.fullmatch(os.path.basename(path))
+    if saved is None:
+        return
+    folder = os.path.dirname(path) or "."
+    for name in os.listdir(folder):
+        step = STEP_CHECKPOINT_PATTERN.fullmatch(name)
+        if step is not None and int(step.group(1)) < int(saved.group(1)):
+            os.remove(os.path.join(folder, name))
+            logging.info("Removed step checkpoint %s: %s supersedes it", name, os.path.basename(path))
 
 
 @dataclass
