@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -153,6 +154,11 @@ def _out_of_memory(message: str) -> bool:
     return any(text in message.lower() for text in _OUT_OF_MEMORY)
 
 
+def _failed_case(impl: str, n: int, d: int, device: str, precision: str, error: str) -> Dict:
+    """The result of a case that did not run or broke: its key and ``error``."""
+    return {"impl": impl, "n": n, "d": d, "device": device, "precision": precision, "error": error}
+
+
 def run_case_in_process(impl: str, n: int, d: int, device: str, precision: str, repeats: int,
                         max_warmup_seconds: float, tf32: bool = True, profile: bool = False) -> Dict:
     """``run_case`` here, an error recorded as the case's result; memory is released afterwards."""
@@ -161,8 +167,7 @@ def run_case_in_process(impl: str, n: int, d: int, device: str, precision: str, 
     except Exception as error:  # recorded, and main() fails at the end unless it is out of memory
         first_line = (str(error).strip().splitlines() or [""])[0]
         label = "out of memory" if _out_of_memory(str(error)) else f"error {type(error).__name__}"
-        return {"impl": impl, "n": n, "d": d, "device": device, "precision": precision,
-                "error": f"{label}: {first_line[:200]}"}
+        return _failed_case(impl, n, d, device, precision, f"{label}: {first_line[:200]}")
     finally:
         gc.collect()
         if torch.device(device).type == "cuda":
@@ -176,16 +181,15 @@ def run_case_in_subprocess(impl: str, n: int, d: int, device: str, precision: st
     cmd = [sys.executable, os.path.abspath(__file__), "--case", impl, str(n), str(d), "--device", device,
            "--precision", precision, "--repeats", str(repeats), "--max-warmup-seconds", str(max_warmup_seconds),
            "--tf32" if tf32 else "--no-tf32"] + (["--profile-sizes", str(n)] if profile else [])
-    key = {"impl": impl, "n": n, "d": d, "device": device, "precision": precision}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**key, "error": f"timeout {timeout:.0f}s"}
+        return _failed_case(impl, n, d, device, precision, f"timeout {timeout:.0f}s")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         killed = proc.returncode == -9  # the kernel's out-of-memory killer, most likely
         label = "out of memory" if killed or _out_of_memory(proc.stderr) else f"exit {proc.returncode}"
-        return {**key, "error": f"{label}: {last[:200]}"}
+        return _failed_case(impl, n, d, device, precision, f"{label}: {last[:200]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -248,15 +252,16 @@ def sweep(args: argparse.Namespace, on_result: Callable[[List[Dict]], None]) -> 
     for d in (int(v) for v in args.dims.split(",")):
         for n in (int(v) for v in args.sizes.split(",")):
             for impl in args.impls.split(","):
-                key = {"impl": impl, "n": n, "d": d, "device": args.device, "precision": args.precision}
                 profile = n in args.profile_sizes
                 left = deadline - time.monotonic()
                 expected = predicted_seconds(last.get((impl, d)), n, args.repeats, args.max_warmup_seconds, profile)
                 if (impl, d) in out_of_memory:
-                    result = {**key, "error": f"skipped: out of memory at N = {out_of_memory[impl, d]:,}"}
+                    result = _failed_case(impl, n, d, args.device, args.precision,
+                                          f"skipped: out of memory at N = {out_of_memory[impl, d]:,}")
                 elif left <= 0 or (expected is not None and expected > left):
                     expected_text = f"predicted {expected:.0f} s, " if expected is not None else ""
-                    result = {**key, "error": f"skipped: {expected_text}{max(left, 0):.0f} s left of --budget-seconds"}
+                    result = _failed_case(impl, n, d, args.device, args.precision,
+                                          f"skipped: {expected_text}{max(left, 0):.0f} s left of --budget-seconds")
                 elif args.isolate == "process":
                     result = run_case_in_subprocess(impl, n, d, args.device, args.precision, args.repeats,
                                                     args.max_warmup_seconds, min(args.timeout, left), args.tf32,
@@ -289,7 +294,7 @@ def main(argv=None) -> int:
                                   args.max_warmup_seconds, args.tf32, int(n) in args.profile_sizes)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    measured = {"command": " ".join(["python", "scripts/bench_loss.py", *(sys.argv[1:] if argv is None else argv)]),
+    measured = {"command": shlex.join(["python", "scripts/bench_loss.py", *(sys.argv[1:] if argv is None else argv)]),
                 "date": time.strftime("%Y-%m-%d"), "device": torch.device(args.device).type,
                 "device_name": _machine(args.device), "precision": args.precision, "tf32": args.tf32,
                 "torch": torch.__version__, "threads": torch.get_num_threads(), "isolate": args.isolate,

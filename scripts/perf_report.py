@@ -82,11 +82,14 @@ def _case(results: Sequence[Dict], impl: str, n: int, d: int) -> Optional[Dict]:
 
 
 def targets_table(loss: Optional[Dict], train: Optional[Dict]) -> str:
-    """The device check's targets, each with the measured value and whether it was met.
+    """The device check's GPU targets, each with the measured value and whether it was met.
 
-    The CLOOB figures are the chunked path's, the one ``CloobLoss`` picks at these sizes.
+    Only CUDA measurements count. The CLOOB figures are the chunked path's, the one ``CloobLoss``
+    picks at these sizes.
     """
     rows = []
+    loss = loss if loss is not None and loss["device"] == "cuda" else None
+    train = train if train is not None and train["device"].startswith("cuda") else None
 
     def add(target: str, measured: Optional[str], met: Optional[bool]) -> None:
         verdict = "not measured" if met is None else ("met" if met else "**missed**")
