@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, loss: str, logs: str, index: int) -> float:
 
 
 def _device(logs: str) -> str:
-    """The device the first run trained on, from its params.txt (``device: cuda:0``)."""
+    """The device the first run trained on, from its params.txt (``device: cuda``)."""
     params = Path(logs, "clip-0", "params.txt").read_text()
     return next(line.split(": ", 1)[1] for line in params.splitlines() if line.startswith("device: "))
 

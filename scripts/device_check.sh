@@ -62,14 +62,15 @@ limit() {  # MAX_SECONDS -> MAX_SECONDS or what is left of --budget before the s
 }
 
 run_part() {  # PART MAX_SECONDS COMMAND...
-  local part=$1 limit start status
+  local part=$1 limit start status command
   limit=$(limit "$2")
   shift 2
-  if [ "$limit" -lt 5 ]; then
+  command="$*"
+  if [ "$limit" -lt 3 ]; then
     record "$part" FAILED 0 "not started: $limit s left of --budget $BUDGET"
     return 1
   fi
-  echo "=== [$part] up to $limit s: $*"
+  echo "=== [$part] up to $limit s: ${command:0:400}"
   start=$SECONDS
   timeout --kill-after=10 "$limit" "$@"
   status=$?
@@ -134,7 +135,8 @@ if not torch.cuda.is_available():
 print(\"GPU:\", torch.cuda.get_device_name(0))
 "' "$PYTHON" || finish
     MACHINE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-    run_part tests 240 "$PYTHON" -m pytest -p no:cacheprovider -q -ra --durations=15 -m cuda \
+    # -rA: the tests' printed figures (errors against float64, peak memory, resume deviation) too.
+    run_part tests 240 "$PYTHON" -m pytest -p no:cacheprovider -q -rA --durations=15 -m cuda \
       tests/test_cuda_loss.py tests/test_cuda_training.py
     LOSS_ARGS=(--device cuda --sizes 8192,16384,32768,65536,131072,262144 --dims 1024 --repeats 3
                --max-warmup-seconds 5 --profile-sizes 32768)
@@ -147,7 +149,7 @@ print(\"GPU:\", torch.cuda.get_device_name(0))
     --impls clip,cloob-direct,cloob-chunked --budget-seconds $(($(limit 180) - 20)) \
     --note "scripts/device_check.sh" --out "$OUT_DIR/loss.json"
   run_part train 180 "$PYTHON" scripts/bench_train.py "${TRAIN_ARGS[@]}" \
-    --note "$MACHINE, scripts/device_check.sh" --out "$OUT_DIR/train.json"
+    --note "${MACHINE:-GPU}, scripts/device_check.sh" --out "$OUT_DIR/train.json"
   finish
 }
 
