@@ -145,6 +145,10 @@ def summary(out: Path) -> str:
     lines += ["", targets_table(loss, train), ""]
     if loss is not None:
         lines += [f"Loss ({describe(loss)}):", "", loss_table(loss["results"]), ""]
+        for r in loss["results"]:
+            if r["impl"] == "cloob-chunked" and "profile" in r:
+                lines += [f"Profile of one chunked CLOOB step at N = {r['n']:,}, d = {r['d']:,} "
+                          "(operators by their own time):", "", "```", r["profile"].rstrip(), "```", ""]
     if train is not None:
         lines += [f"Training ({describe(train)}):", "", train_table(train), ""]
     return "\n".join(lines)

@@ -78,6 +78,7 @@ def test_smoke_results_and_summary_come_from_the_benchmarks(smoke):
     summary = (out / "summary.md").read_text()
     assert loss_table(loss["results"]) in summary and train_table(train) in summary
     assert "| loss | ok |" in summary and "| tests | skipped | 0 | --smoke (no CUDA tests on the CPU) |" in summary
+    assert loss["results"][2]["profile"].rstrip() in summary  # the chunked step's profile
 
 
 def test_a_part_over_its_time_limit_fails_loudly_and_the_next_is_not_started(tmp_path):
