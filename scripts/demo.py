@@ -38,6 +38,7 @@ import open_clip
 import torch
 
 from make_demo_data import build as build_data
+from readme_block import replace_block
 from open_clip_cloob import analysis, benchmark
 from open_clip_cloob.emoji_data import INSTALL_HINT, SKIN_TONES, emoji_available
 from open_clip_cloob.export import export_model_folder
@@ -278,13 +279,7 @@ the distance between the image and text centroids (Liang et al. 2022).
 
 def update_readme(readme: Path, block: str) -> bool:
     """Replace the text between the demo markers of ``readme`` with ``block``; False when there are no markers."""
-    text = readme.read_text(encoding="utf-8")
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin:
-        _logger.warning("%s has no demo markers (%s ... %s): not updated", readme, README_BEGIN, README_END)
-        return False
-    readme.write_text(text[:begin + len(README_BEGIN)] + "\n" + block + text[end:], encoding="utf-8")
-    return True
+    return replace_block(readme, block, README_BEGIN, README_END)
 
 
 def readme_block(report: Path, readme: Path, zeroshot_md: str, analysis_md: str, settings: Mapping[str, Any],

@@ -9,6 +9,8 @@ Fixtures other test modules may rely on (keep their names and return values stab
 - ``fashion_mnist_data``: dict of dataset paths built once per session (see the fixture).
 - ``tiny_cloob_run``: folder of a tiny CLOOB run trained through ``training.main`` on Fashion-MNIST
   (``out.log``, ``params.txt``, ``checkpoints/epoch_2.pt`` and ``epoch_latest.pt``, tensorboard).
+
+Tests marked ``cuda`` need a CUDA GPU: where torch sees none they are skipped, with the reason.
 """
 import os
 import re
@@ -21,6 +23,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import open_clip
 import pytest
+import torch
 from PIL import Image
 
 import training_process
@@ -38,6 +41,18 @@ PYTHON_TRAIN_MODULE = (sys.executable, "-m", "training.main")
 LEARNING_TRAIN_SAMPLES = 12800
 LEARNING_BATCH_SIZE = 128
 LEARNING_EPOCHS = 2
+
+NO_CUDA_REASON = ("no CUDA GPU here: scripts/device_check.sh runs the cuda tests on a GPU machine "
+                  "(README, Performance)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda``, with :data:`NO_CUDA_REASON`, where torch sees no GPU."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
 @pytest.fixture(scope="session")
