@@ -1,5 +1,8 @@
 """The memory-efficient (chunked) CLOOB path against the direct one: values, gradients, memory."""
-import importlib.util
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,29 +143,45 @@ def test_automatic_choice_switches_to_chunks_above_the_budget(small_chunks):
     assert CloobLoss(memory_efficient=True)._chunk_size(2, 2) == 32
 
 
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_loss", REPO / "scripts" / "bench_loss.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# Peak memory above the inputs of the CPU cases, all in one fresh interpreter (bench_loss.run_case
+# resets the kernel's high-water mark VmHWM before each). A fixed glibc mmap threshold returns every
+# freed block of 64 KiB or more to the system at once, so a case neither reuses memory an earlier
+# case left in the heap nor leaves any to the next; without it glibc raises the threshold
+# dynamically and keeps blocks of up to 32 MiB.
+_PEAKS_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import bench_loss
+for case in json.loads(sys.argv[2]):
+    result = bench_loss.run_case(*case, "cpu", "fp32", repeats=1, max_warmup_seconds=0)
+    print(json.dumps(result["peak_mib"]))
+"""
+MEMORY_DIM = 16
+FLOAT32_MIB = 4 / 2 ** 20
+
+
+def _cpu_peaks_mib(cases):
+    """Peak MiB of each (impl, N) case at d = 16, in order; a small warm-up case first, so that code
+    and buffers the first pass of a loss loads do not count as growth."""
+    cases = [[impl, n, MEMORY_DIM] for impl, n in [("cloob-direct", 256), ("cloob-chunked", 256), *cases]]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run([sys.executable, "-c", _PEAKS_SCRIPT, str(REPO / "scripts"), json.dumps(cases)],
+                               capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [float(line) for line in completed.stdout.split()][2:]
 
 
 @pytest.mark.slow
 def test_chunked_peak_memory_grows_linearly_not_quadratically():
-    bench = _bench_module()
-
-    def peak(impl, n):
-        result = bench.run_case_in_subprocess(impl, n, 16, "cpu", "fp32", repeats=1, max_warmup_seconds=0, timeout=300)
-        assert "error" not in result, result
-        return result["peak_mib"]
-
-    direct_small, direct_large = peak("cloob-direct", 2048), peak("cloob-direct", 4096)
-    chunked_small, chunked_large = peak("cloob-chunked", 4096), peak("cloob-chunked", 8192)
-    # The measurement sees quadratic growth: the direct path's [N, N] matrices at 2x the batch.
-    # (Seen: 185 -> 587 MiB.)
-    assert direct_large > 2 * direct_small, (direct_small, direct_large)
-    # Chunked, from N = 4096 on (where blocks reach CHUNK_ELEMENTS): blocks stay the same size and
-    # only O(N·d) tensors grow, so 2x the batch stays within 2x the memory; quadratic would be 4x.
-    # (Seen: 139 -> 205 MiB.)
-    assert chunked_large < 2 * chunked_small, (chunked_small, chunked_large)
-    assert chunked_large < direct_large, (chunked_large, direct_large)
+    direct_2k, direct_4k, chunked_4k, chunked_8k = _cpu_peaks_mib(
+        [("cloob-direct", 2048), ("cloob-direct", 4096), ("cloob-chunked", 4096), ("cloob-chunked", 8192)])
+    print(f"peak MiB above the inputs: direct {direct_2k:.1f} (N=2048) -> {direct_4k:.1f} (N=4096), "
+          f"chunked {chunked_4k:.1f} (N=4096) -> {chunked_8k:.1f} (N=8192)")
+    # Growth between two sizes, so that what every case holds alike (code, thread buffers) cancels.
+    # The measurement sees quadratic growth: the direct path keeps several [N, N] float32 matrices
+    # for backward; at least two of them grow by (4096² − 2048²) elements each (96 MiB).
+    assert direct_4k - direct_2k > 2 * (4096 ** 2 - 2048 ** 2) * FLOAT32_MIB, (direct_2k, direct_4k)
+    # Chunked, from N = 4096 on (where blocks reach CHUNK_ELEMENTS): blocks keep their size and only
+    # O(N·d) tensors grow (a few MiB at d = 16). One [N, N] matrix would add (8192² − 4096²) floats,
+    # 192 MiB: a quarter of that is the bound.
+    assert chunked_8k - chunked_4k < (8192 ** 2 - 4096 ** 2) * FLOAT32_MIB / 4, (chunked_4k, chunked_8k)

@@ -102,6 +102,7 @@ class _ChunkedRetrieval(torch.autograd.Function):
             probs = torch.mm(state[rows], memory.T).mul_(beta)
             lse[rows] = _softmax_rows_(probs)
             torch.mm(probs, memory, out=retrieved[rows])
+            del probs  # freed before the next block is allocated: one block alive, not two
         # As F.normalize: divide by max(‖o‖, eps).
         norms = retrieved.norm(dim=1, keepdim=True).clamp_min_(_NORMALIZE_EPS)
         unit = retrieved.div_(norms)
@@ -129,6 +130,7 @@ class _ChunkedRetrieval(torch.autograd.Function):
             grad_scores = torch.mm(grad_out[rows], memory.T).sub_(delta[rows]).mul_(probs)
             torch.mm(grad_scores, memory, out=grad_state[rows]).mul_(beta)
             grad_memory.addmm_(grad_scores.T, state[rows], alpha=beta)  # memory as keys
+            del probs, grad_scores  # freed before the next blocks are allocated
         return grad_state, grad_memory, None, None
 
 
@@ -214,6 +216,7 @@ class _ChunkedContrastive(torch.autograd.Function):
                 grad_inv_tau += torch.einsum("ij,ij->", probs, similarities)
                 grad_anchors[rows].addmm_(probs, candidates)
                 grad_candidates.addmm_(probs.T, anchors[rows])
+            del similarities, probs  # freed before the next blocks are allocated
         if with_grad:
             ctx.save_for_backward(grad_anchors.mul_(inv_tau / n), grad_candidates.mul_(inv_tau / n), grad_inv_tau / n)
         return (lse - inv_tau * positives).mean()
