@@ -39,9 +39,9 @@ import torch
 
 from make_demo_data import build as build_data
 from open_clip_cloob import analysis, benchmark
-from open_clip_cloob.emoji_data import INSTALL_HINT, SKIN_TONES, emoji_available
+from offline_data.emoji import INSTALL_HINT, SKIN_TONES, emoji_available
 from open_clip_cloob.export import export_model_folder
-from open_clip_cloob.offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
+from offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
 
 _logger = logging.getLogger(__name__)
 

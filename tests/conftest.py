@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import open_clip
 import pytest
 
-from open_clip_cloob.offline_data import fashion_mnist_dir, write_fashion_mnist_dataset
+from offline_data import fashion_mnist_dir, write_fashion_mnist_dataset
 
 TESTS_DIR = Path(__file__).parent
 TINY_MODEL = "tiny-test-vit-cloob"

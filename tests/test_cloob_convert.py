@@ -128,7 +128,7 @@ def test_never_executes_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"module.logit_inv_tau": torch.zeros(())}, "epoch": Payload()}, path)
-    with pytest.raises(CheckpointError, match=rf"{path}: refusing to load objects other than tensors"):
+    with pytest.raises(CheckpointError, match=rf"{path}: refused to load: it holds objects other than tensors"):
         load_checkpoint_file(path)
     assert not marker.exists()
 

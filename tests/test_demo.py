@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from open_clip_cloob.analysis import METRICS
-from open_clip_cloob.emoji_data import INSTALL_HINT, emoji_available
+from offline_data.emoji import INSTALL_HINT, emoji_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "scripts" / "demo.py"

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import TINY_MODEL, launch, training_argv
 from open_clip_cloob import CloobLoss
 from open_clip_cloob.convert import CheckpointError
-from open_clip_cloob.offline_data import load_fashion_mnist, make_captions
+from offline_data import load_fashion_mnist, make_captions
 from training.reliability import NonFiniteGuard, ResumeState, load_checkpoint, sum_over_ranks
 
 

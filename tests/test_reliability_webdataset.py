@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_MODEL, run_training, tensorboard_scalars, training_argv
-from open_clip_cloob.offline_data import load_fashion_mnist, make_captions, write_webdataset_shards
+from offline_data import load_fashion_mnist, make_captions, write_webdataset_shards
 from training import openclip_hooks, params
 from training.data_checks import BadDataError
 from training.reliability import ContinuedDraw

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import LEARNING_BATCH_SIZE, LEARNING_EPOCHS, TINY_MODEL, run_training, tensorboard_scalars, training_argv
-from open_clip_cloob.offline_data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
+from offline_data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
 from training.scheduler import cosine_restarts_lr
 
 pytestmark = pytest.mark.slow
