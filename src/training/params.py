@@ -1,26 +1,42 @@
-"""Command line of ``python -m training.main``: CLOOB's flags in front of all of OpenCLIP's.
+"""The run configuration of ``python -m training.main``: CLOOB's flags in front of all of OpenCLIP's.
 
-The CLOOB flags are parsed first (``parse_known_args``); everything else goes to OpenCLIP's strict
-``parse_args``. The result is one namespace holding both, so OpenCLIP's ``params.txt`` (which dumps
-every attribute) records the CLOOB settings too. Defaults that depend on other flags are resolved
-here, once, and written back, so that ``params.txt`` shows the values the run used.
+``training.main`` parses the command line once, here, into one namespace holding OpenCLIP's and
+CLOOB's settings; OpenCLIP's ``main()`` receives that same object (its ``parse_args`` hook returns
+it) and every hook of :mod:`training.openclip_hooks` reads it, so OpenCLIP's ``params.txt`` (which
+dumps every attribute) records the CLOOB settings too. The CLOOB flags are parsed first
+(``parse_known_args``); everything else goes to OpenCLIP's strict ``parse_args``. Defaults that
+depend on other flags are resolved here, once, and written back, so that ``params.txt`` shows the
+values the run used.
+
+Training losses are one table, :data:`LOSSES`: a new variant of the library's ``CloobLoss`` is one
+entry there. This module does not import torch, so ``python -m training.params ARGS`` (the job
+scripts' ``DRY_RUN=1``) checks a command line anywhere, quickly.
 """
 import argparse
 import logging
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
-LOSSES = ("cloob", "clip")
+# --loss NAME -> keyword arguments of open_clip_cloob.CloobLoss besides hopfield_beta and the
+# data-parallel ones (training.openclip_hooks.build_cloob_loss adds those); None: OpenCLIP's own
+# create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say). A CLOOB-family
+# entry also brings CLOOB's temperature defaults (fixed 1/τ = 30) and the validation loss
+# "<name>_val_loss"; the first entry is the default of '*-cloob' models.
+LOSSES: Mapping[str, Optional[Mapping[str, Any]]] = {
+    "cloob": {},
+    "clip": None,
+}
 CLOOB_MODEL_SUFFIX = "-cloob"
 COSINE_RESTARTS = "cosine-restarts"
+_DEFAULT_CLOOB_LOSS = next(iter(LOSSES))
 # The paper's Conceptual Captions constants (spec §3).
 DEFAULT_INV_TAU = 30.0
 DEFAULT_HOPFIELD_BETA = 8.0
 # OpenCLIP clamps logit_scale = ln(inv_tau) to [0, ln 100] after every step.
 INV_TAU_RANGE = (1.0, 100.0)
-# The flags that define the CLOOB objective, stored in checkpoints next to the weights.
+# The flags that define the objective, stored in checkpoints next to the weights (their "cloob" entry).
 CLOOB_SETTINGS = ("loss", "hopfield_beta", "init_inv_tau", "learnable_inv_tau", "restart_cycles")
 
 
@@ -28,10 +44,10 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add CLOOB's flags (hyphenated, OpenCLIP style) to ``parser``."""
     group = parser.add_argument_group("CLOOB")
     group.add_argument(
-        "--loss", choices=LOSSES, default=None,
+        "--loss", choices=list(LOSSES), default=None,
         help="Training loss. 'cloob': modern Hopfield retrieval + InfoLOOB. 'clip': whatever OpenCLIP "
              "picks for the other flags (InfoNCE, SigLIP, CoCa, distillation). "
-             f"Default: cloob for '*{CLOOB_MODEL_SUFFIX}' models, clip otherwise.")
+             f"Default: {_DEFAULT_CLOOB_LOSS} for '*{CLOOB_MODEL_SUFFIX}' models, clip otherwise.")
     group.add_argument(
         "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
         default=DEFAULT_HOPFIELD_BETA,
@@ -40,11 +56,11 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument(
         "--init-inv-tau", type=float, default=None,
         help=f"Initial inverse temperature 1/τ of a freshly initialised model; replaces the config's "
-             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with --loss cloob, the model "
+             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with a CLOOB loss, the model "
              "config's value otherwise. Pretrained or resumed weights keep their own temperature.")
     group.add_argument(
         "--learnable-inv-tau", action=argparse.BooleanOptionalAction, default=None,
-        help="Train the temperature (the model's logit_scale). Default: frozen with --loss cloob "
+        help="Train the temperature (the model's logit_scale). Default: frozen with a CLOOB loss "
              "(the paper's setting; DDP and the optimizer then leave it alone), learnable otherwise "
              "(OpenCLIP's behaviour).")
     group.add_argument(
@@ -95,6 +111,11 @@ def is_cloob_model(model_name: str) -> bool:
     return model_name.endswith(CLOOB_MODEL_SUFFIX)
 
 
+def uses_cloob_loss(args: argparse.Namespace) -> bool:
+    """Whether the run trains with the library's ``CloobLoss`` (any CLOOB-family entry of :data:`LOSSES`)."""
+    return LOSSES[args.loss] is not None
+
+
 def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The resolved CLOOB settings of a run, e.g. for its checkpoints."""
     return {name: getattr(args, name) for name in CLOOB_SETTINGS}
@@ -103,8 +124,8 @@ def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill the flag-dependent defaults in place and reject contradictory combinations."""
     if args.loss is None:
-        args.loss = "cloob" if is_cloob_model(args.model) else "clip"
-    cloob = args.loss == "cloob"
+        args.loss = _DEFAULT_CLOOB_LOSS if is_cloob_model(args.model) else "clip"
+    cloob = uses_cloob_loss(args)
     if cloob:
         # These switch OpenCLIP's create_loss to another objective; silently ignoring them would
         # train something the user did not ask for.
@@ -114,7 +135,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             ("a CoCa model", "coca" in args.model.lower()),
         ) if on]
         if conflicts:
-            parser.error(f"--loss cloob cannot be combined with {', '.join(conflicts)}")
+            parser.error(f"--loss {args.loss} cannot be combined with {', '.join(conflicts)}")
         if args.init_inv_tau is None:
             args.init_inv_tau = DEFAULT_INV_TAU
     if args.learnable_inv_tau is None:
