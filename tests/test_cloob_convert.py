@@ -9,8 +9,8 @@ from cloob_checkpoints import (CLOOB_SETTINGS, encode, original_checkpoint, rand
                                training_checkpoint)
 import open_clip_cloob
 from open_clip_cloob import convert, export
-from open_clip_cloob.convert import (CheckpointError, convert_cloob_checkpoint, load_checkpoint_file, main,
-                                     save_converted)
+from open_clip_cloob.checkpoint import CheckpointError, load_checkpoint_file, save_converted
+from open_clip_cloob.convert import convert_cloob_checkpoint, main
 
 
 @pytest.fixture(scope="module")
