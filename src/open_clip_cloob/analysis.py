@@ -241,7 +241,8 @@ def image_text_loader(
     if dataset_type == "auto":
         dataset_type = "csv" if Path(data).suffix in (".csv", ".tsv") else "webdataset"
     if dataset_type == "csv":
-        dataset = _openclip_data().CsvDataset(data, preprocess, csv_img_key, csv_caption_key, sep=csv_separator, tokenizer=tokenizer)
+        dataset = _openclip_data().CsvDataset(data, preprocess, csv_img_key, csv_caption_key, sep=csv_separator,
+                                              tokenizer=tokenizer)
         if num_samples is not None:
             dataset = torch.utils.data.Subset(dataset, range(min(num_samples, len(dataset))))
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)

@@ -8,8 +8,8 @@ plus CLOOB's own top-level entries:
   ``hopfield_beta``, ``init_inv_tau``, ``learnable_inv_tau``, ``restart_cycles``). Converted and
   exported files carry the same entry, completed with ``model``, ``inv_tau``, ``epoch``, ...: torch
   files at the top level, ``.safetensors`` files as JSON in the header's metadata field ``cloob``;
-- ``"cloob_loss"`` (:data:`LOSS_STATE_KEY`): the training loss module's ``state_dict()`` when it is
-  not empty, restored into the loss on ``--resume``. A loss with state (e.g. a memory of past
+- ``"cloob_loss_state"`` (:data:`LOSS_STATE_KEY`): the training loss module's ``state_dict()`` when
+  it is not empty, restored into the loss on ``--resume``. A loss with state (e.g. a memory of past
   batches) keeps it in buffers and it survives preemption with the weights; today's losses have
   none, so the entry is absent;
 - ``"cloob_resume"`` (:data:`RESUME_KEY`): step checkpoints only, ``{"step": steps done in the
@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 
 META_KEY = "cloob"
-LOSS_STATE_KEY = "cloob_loss"
+LOSS_STATE_KEY = "cloob_loss_state"
 RESUME_KEY = "cloob_resume"
 OPENCLIP_KEYS = ("state_dict", "epoch", "name", "optimizer", "scaler")
 ORIGINAL_KEYS = ("model_config_file", "method", "scheduler")
@@ -201,7 +201,8 @@ def save_converted(state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, An
     with atomic_write(path) as partial:
         if path.suffix == ".safetensors":
             tensors = {key: value.contiguous() for key, value in state_dict.items()}
-            safetensors.torch.save_file(tensors, str(partial), metadata={"format": "pt", META_KEY: json.dumps(dict(meta))})
+            metadata = {"format": "pt", META_KEY: json.dumps(dict(meta))}
+            safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
         else:
             _torch_save({"state_dict": dict(state_dict), META_KEY: dict(meta)}, partial)
     return path

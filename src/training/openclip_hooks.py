@@ -60,7 +60,7 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint` (weights_only loading);
   reads the mid-epoch position of a step checkpoint and the loss state.
 - ``torch.save``: adds CLOOB's entries to OpenCLIP's training checkpoints (the settings as
-  ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss"]``; layout in
+  ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss_state"]``; layout in
   :mod:`open_clip_cloob.checkpoint`) and writes every path atomically
   (:func:`open_clip_cloob.checkpoint.save_torch`), so the checkpoints OpenCLIP writes at epoch ends
   are never seen truncated.
