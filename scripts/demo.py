@@ -38,10 +38,10 @@ import open_clip
 import torch
 
 from make_demo_data import build as build_data
-from open_clip_cloob import analysis, benchmark, cli
-from offline_data.emoji import INSTALL_HINT, SKIN_TONES, emoji_available
-from open_clip_cloob.export import export_model_folder
 from offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
+from offline_data.emoji import INSTALL_HINT, SKIN_TONES, emoji_available
+from open_clip_cloob import analysis, benchmark, cli
+from open_clip_cloob.export import export_model_folder
 
 _logger = logging.getLogger(__name__)
 
