@@ -7,8 +7,21 @@ DATA_FILES := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz \
               /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf \
               /usr/share/unicode/emoji/emoji-test.txt
 DATA_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji unicode-data
+# A real SLURM for the job-script tests (Debian's 22.05): the tests start a one-node cluster of their
+# own (own munge key, config, ports and folders under a temporary directory) and stop it again.
+SLURM_FILES := /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch /usr/sbin/munged
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
-.PHONY: test test-fast demo bench venv data clean
+# $(call apt_install,FILES,PACKAGES): install PACKAGES (as root, or with sudo) unless all FILES exist.
+define apt_install
+	@for f in $(1); do test -f $$f || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2); \
+	fi
+endef
+
+.PHONY: test test-fast demo bench venv data slurm clean
 
 # torch/torchvision are pinned to the tested pair (pyproject.toml allows torch >=2.3,<=2.14.1);
 # everything else comes from pyproject.toml: the library and its [test] extra (= train, eval, demo).
@@ -22,18 +35,17 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 data:
-	@for f in $(DATA_FILES); do test -f $$f || missing=1; done; \
-	if [ -n "$$missing" ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DATA_PACKAGES); \
-	fi
+	$(call apt_install,$(DATA_FILES),$(DATA_PACKAGES))
+
+slurm:
+	$(call apt_install,$(SLURM_FILES),$(SLURM_PACKAGES))
 
 # CLOOB and a CLIP baseline trained side by side on real images, exported, evaluated zero-shot;
 # the report lands in docs/demo/ and the README's demo section. `make demo DEMO_STEPS=5000` trains longer.
 demo: venv data
 	$(VPY) scripts/demo.py $(if $(DEMO_STEPS),--steps $(DEMO_STEPS)) --report docs/demo --readme README.md
 
-test: venv data
+test: venv data slurm
 	$(VPY) -m pytest -q
 
 # The suite without the end-to-end runs, for quick iteration.

@@ -8,16 +8,21 @@ CLIP, ... ``--repeats`` times; the figure per run is the median of OpenCLIP's lo
 the steps after ``--warmup-steps``.
 
     python scripts/bench_train.py                                     # CPU: tiny test ViT, batch 128
-    python scripts/bench_train.py --model RN50-cloob --batch-size 256 --precision amp --steps 60   # GPU
+    python scripts/bench_train.py --model RN50-cloob --batch-size 256 --precision amp_bf16 --workers 8   # GPU
+
+Each run has ``--timeout`` seconds; one that fails or runs out of time stops the benchmark with the
+end of its log (exit status 1).
 """
 import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -50,11 +55,24 @@ def samples_per_second(log_text: str, warmup_steps: int) -> float:
 
 def run(args: argparse.Namespace, loss: str, logs: str, index: int) -> float:
     name = f"{loss}-{index}"
-    proc = subprocess.run(train_command(args, loss, logs, name), capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    # This repository's code first; packages on PYTHONPATH (e.g. wheels carried to a GPU machine) stay.
+    python_path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    try:
+        proc = subprocess.run(train_command(args, loss, logs, name), capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": python_path}, timeout=args.timeout)
+    except subprocess.TimeoutExpired as timeout:
+        stderr = timeout.stderr or b""  # bytes even with text=True
+        stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+        raise RuntimeError(f"training.main --loss {loss} took over {args.timeout:.0f} s:\n{stderr[-3000:]}") from None
     if proc.returncode != 0:
         raise RuntimeError(f"training.main --loss {loss} failed:\n{proc.stderr[-3000:]}")
     return samples_per_second(Path(logs, name, "out.log").read_text(), args.warmup_steps)
+
+
+def _device(logs: str) -> str:
+    """The device the first run trained on, from its params.txt (``device: cuda``)."""
+    params = Path(logs, "clip-0", "params.txt").read_text()
+    return next(line.split(": ", 1)[1] for line in params.splitlines() if line.startswith("device: "))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="runs per loss, alternating")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per training run")
+    parser.add_argument("--note", default="", help="recorded with the results, e.g. the machine")
     parser.add_argument("--out", default="bench-out/train.json")
     parser.add_argument("extra", nargs="*", help="further training.main flags, after --")
     return parser.parse_args(argv)
@@ -79,8 +99,11 @@ def main(argv=None) -> Dict:
             for loss in ("clip", "cloob"):
                 rates[loss].append(run(args, loss, logs, index))
                 print(f"run {index} --loss {loss}: {rates[loss][-1]:.1f} samples/s", flush=True)
+        device = _device(logs)
     clip, cloob = statistics.median(rates["clip"]), statistics.median(rates["cloob"])
-    result = {"model": args.model, "batch_size": args.batch_size, "precision": args.precision,
+    result = {"command": shlex.join(["python", "scripts/bench_train.py", *(sys.argv[1:] if argv is None else argv)]),
+              "date": time.strftime("%Y-%m-%d"), "device": device, "note": args.note,
+              "model": args.model, "batch_size": args.batch_size, "precision": args.precision,
               "clip_samples_per_s": clip, "cloob_samples_per_s": cloob, "cloob_over_clip": cloob / clip,
               "runs": rates}
     print(f"{args.model} batch {args.batch_size} {args.precision}: CLIP {clip:.1f}/s, CLOOB {cloob:.1f}/s, "

@@ -19,6 +19,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=7-00:00:00
 #SBATCH --output=%x-%j.out
+#SBATCH --open-mode=append
 #SBATCH --signal=USR1@180
 #SBATCH --requeue
 set -euo pipefail
@@ -49,15 +50,10 @@ if [[ -n "${IMAGENET_VAL:-}" ]]; then
 fi
 ARGS+=("$@")
 if [[ -n "${SLURM_JOB_ID:-}" ]]; then
-  # srun, requeue on status 75 and the checkpoint defaults live in train_slurm.sbatch (DRY_RUN too).
-  dirs=("$(dirname "${BASH_SOURCE[0]}")")
-  if [[ -n "${SLURM_SUBMIT_DIR:-}" ]]; then
-    dirs+=("$SLURM_SUBMIT_DIR/scripts" "$SLURM_SUBMIT_DIR")
-  fi
-  for dir in "${dirs[@]}"; do
-    if [[ -f "$dir/train_slurm.sbatch" ]]; then
-      exec bash "$dir/train_slurm.sbatch" "${ARGS[@]}"
-    fi
+  # srun, requeue on status 75, the checkpoint defaults and DRY_RUN live in train_slurm.sbatch. sbatch
+  # runs a copy of this file: look next to it, then under the submit directory.
+  for dir in "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/scripts" "${SLURM_SUBMIT_DIR:-.}"; do
+    [[ -f "$dir/train_slurm.sbatch" ]] && exec bash "$dir/train_slurm.sbatch" "${ARGS[@]}"
   done
   echo "cc3m_rn50.sh: scripts/train_slurm.sbatch not found next to this script nor under" \
     "SLURM_SUBMIT_DIR='${SLURM_SUBMIT_DIR:-}'; submit from the repository root (sbatch runs a copy of the script)" >&2

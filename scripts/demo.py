@@ -42,6 +42,7 @@ from offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
 from offline_data.emoji import INSTALL_HINT, SKIN_TONES, emoji_available
 from open_clip_cloob import analysis, benchmark, cli
 from open_clip_cloob.export import export_model_folder
+from readme_block import replace_block
 
 _logger = logging.getLogger(__name__)
 
@@ -278,13 +279,7 @@ the distance between the image and text centroids (Liang et al. 2022).
 
 def update_readme(readme: Path, block: str) -> bool:
     """Replace the text between the demo markers of ``readme`` with ``block``; False when there are no markers."""
-    text = readme.read_text(encoding="utf-8")
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin:
-        _logger.warning("%s has no demo markers (%s ... %s): not updated", readme, README_BEGIN, README_END)
-        return False
-    readme.write_text(text[:begin + len(README_BEGIN)] + "\n" + block + text[end:], encoding="utf-8")
-    return True
+    return replace_block(readme, block, README_BEGIN, README_END)
 
 
 def readme_block(report: Path, readme: Path, zeroshot_md: str, analysis_md: str, settings: Mapping[str, Any],

@@ -1,5 +1,8 @@
-"""An independent float64 reference of the CLOOB loss, written straight from the spec's formulas
-(cloob-spec.md §2) with explicit sums and loops, sharing no code with ``open_clip_cloob.loss``."""
+"""An independent float64 reference of the CLOOB loss, its ablations and its diagnostics, written
+straight from the spec's formulas (cloob-spec.md §2, the loss module's docstring) with explicit sums
+and loops, sharing no code with ``open_clip_cloob.loss``."""
+import math
+
 import torch
 
 
@@ -25,13 +28,55 @@ def reference_info_loob(anchors, candidates, inv_tau, anchor_indices=None):
     return torch.stack(terms).sum() / len(terms)
 
 
-def reference_cloob(x, y, inv_tau, beta, anchor_indices=None):
-    """τ [ℓ(U_x, U_y) + ℓ(V_y, V_x)] with U_x = Hop(X, X), U_y = Hop(Y, X), V_x = Hop(X, Y), V_y = Hop(Y, Y)."""
-    u_x, u_y = reference_hopfield(x, x, beta), reference_hopfield(y, x, beta)
-    v_x, v_y = reference_hopfield(x, y, beta), reference_hopfield(y, y, beta)
-    loob = (reference_info_loob(u_x, u_y, inv_tau, anchor_indices)
-            + reference_info_loob(v_y, v_x, inv_tau, anchor_indices))
-    return loob / inv_tau
+def reference_info_nce(anchors, candidates, inv_tau, anchor_indices=None):
+    """(1/|I|) Σ_{i∈I} [−inv_tau A_i·B_i + log Σ_j exp(inv_tau A_i·B_j)], the positive included."""
+    n = candidates.shape[0]
+    anchor_indices = range(n) if anchor_indices is None else anchor_indices
+    terms = []
+    for i in anchor_indices:
+        everyone = [torch.exp(inv_tau * (anchors[i] @ candidates[j])) for j in range(n)]
+        terms.append(-inv_tau * (anchors[i] @ candidates[i]) + torch.log(torch.stack(everyone).sum()))
+    return torch.stack(terms).sum() / len(terms)
+
+
+def reference_cloob(x, y, inv_tau, beta, anchor_indices=None, objective="infoloob", hopfield=True):
+    """τ [ℓ(U_x, U_y) + ℓ(V_y, V_x)] with U_x = Hop(X, X), U_y = Hop(Y, X), V_x = Hop(X, Y), V_y = Hop(Y, Y);
+    without ``hopfield`` τ [ℓ(X, Y) + ℓ(Y, X)]; ℓ = InfoLOOB or InfoNCE (``objective``)."""
+    score = {"infoloob": reference_info_loob, "infonce": reference_info_nce}[objective]
+    if hopfield:
+        u_x, u_y = reference_hopfield(x, x, beta), reference_hopfield(y, x, beta)
+        v_x, v_y = reference_hopfield(x, y, beta), reference_hopfield(y, y, beta)
+    else:
+        u_x, u_y, v_x, v_y = x, y, x, y
+    return (score(u_x, u_y, inv_tau, anchor_indices) + score(v_y, v_x, inv_tau, anchor_indices)) / inv_tau
+
+
+def reference_hopfield_diagnostics(x, y, beta):
+    """The diagnostics of ``hopfield_diagnostics`` by their definitions, pair by pair."""
+    x = torch.stack([row / torch.sqrt((row * row).sum()) for row in x])
+    y = torch.stack([row / torch.sqrt((row * row).sum()) for row in y])
+    n = x.shape[0]
+
+    def attended(states, memory):
+        counts = []
+        for s in states:
+            weights = torch.stack([torch.exp(beta * (s @ m)) for m in memory])
+            p = weights / weights.sum()
+            counts.append(math.exp(-sum(p_j * math.log(p_j) for p_j in p.tolist())))
+        return sum(counts) / n
+
+    def mean_off_diagonal(a, b):
+        return sum((a[i] @ b[j]).item() for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+
+    return {
+        "attended_patterns_image_from_images": attended(x, x),
+        "attended_patterns_text_from_images": attended(y, x),
+        "attended_patterns_image_from_texts": attended(x, y),
+        "attended_patterns_text_from_texts": attended(y, y),
+        "mean_cosine_images": mean_off_diagonal(x, x),
+        "mean_cosine_texts": mean_off_diagonal(y, y),
+        "positive_minus_negative": sum((x[i] @ y[i]).item() for i in range(n)) / n - mean_off_diagonal(x, y),
+    }
 
 
 def unit_rows(n, d, seed, dtype=torch.float64):

@@ -9,6 +9,8 @@ Fixtures other test modules may rely on (keep their names and return values stab
 - ``fashion_mnist_data``: dict of dataset paths built once per session (see the fixture).
 - ``tiny_cloob_run``: folder of a tiny CLOOB run trained through ``training.main`` on Fashion-MNIST
   (``out.log``, ``params.txt``, ``checkpoints/epoch_2.pt`` and ``epoch_latest.pt``, tensorboard).
+
+Tests marked ``cuda`` need a CUDA GPU: where torch sees none they are skipped, with the reason.
 """
 import os
 import re
@@ -17,17 +19,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 import open_clip
 import pytest
+import torch
+from PIL import Image
 
-from offline_data import fashion_mnist_dir, write_fashion_mnist_dataset
+import training_process
+from offline_data import fashion_mnist_dir, load_fashion_mnist, write_fashion_mnist_dataset
 
 TESTS_DIR = Path(__file__).parent
 TINY_MODEL = "tiny-test-vit-cloob"
 TINY_MODEL_CONFIG = TESTS_DIR / "model_configs" / f"{TINY_MODEL}.json"
-TRAIN_MODULE = ("-m", "training.main")
+# The command line itself, for the tests of its exit statuses and output (see launch()).
+PYTHON_TRAIN_MODULE = (sys.executable, "-m", "training.main")
 
 # The learning run: 2 epochs x 100 steps at batch 128. At initialisation the tiny model's embeddings
 # are nearly collinear and the loss sits at 2·log(N−1)·τ = 0.323 until the towers separate: measured
@@ -35,6 +41,18 @@ TRAIN_MODULE = ("-m", "training.main")
 LEARNING_TRAIN_SAMPLES = 12800
 LEARNING_BATCH_SIZE = 128
 LEARNING_EPOCHS = 2
+
+NO_CUDA_REASON = ("no CUDA GPU here: scripts/device_check.sh runs the cuda tests on a GPU machine "
+                  "(README, Performance)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda``, with :data:`NO_CUDA_REASON`, where torch sees no GPU."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
 
 
 @pytest.fixture(scope="session")
@@ -97,18 +115,24 @@ def free_port() -> int:
 def launch(
     argv: Sequence[str],
     log_file: Path,
-    launcher: Sequence[str] = (sys.executable, *TRAIN_MODULE),
+    launcher: Optional[Sequence[str]] = None,
     env: Optional[Mapping[str, str]] = None,
     **popen_kwargs: Any,
-) -> subprocess.Popen:
-    """Start ``launcher + argv`` with stdout and stderr to ``log_file``, in ``env`` (default: os.environ).
+) -> Union[subprocess.Popen, training_process.TrainingProcess]:
+    """Start ``training.main argv`` (or ``launcher + argv``) with stdout and stderr to ``log_file``, in
+    ``env`` (default: os.environ).
 
-    ``popen_kwargs`` go to ``subprocess.Popen`` (e.g. ``start_new_session=True``).
+    Without ``launcher`` the run is forked from a process that has already imported ``training.main``
+    (:mod:`training_process`: the same entry point without 8-10 s of imports per run); ``launcher``
+    (e.g. torchrun, or :data:`PYTHON_TRAIN_MODULE` for the command line itself) starts a subprocess.
+    ``popen_kwargs`` go to ``subprocess.Popen`` (``start_new_session=True`` works for both).
 
     Each process computes on one thread: on the 2-core test machine, shared with other processes,
     OpenMP threads spin-waiting for a busy core made a run up to 5x slower than one thread.
     """
     process_env = {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
+    if launcher is None:
+        return training_process.start(argv, log_file, process_env, **popen_kwargs)
     with open(log_file, "w") as out:
         return subprocess.Popen([*launcher, *argv], stdout=out, stderr=subprocess.STDOUT, env=process_env,
                                 **popen_kwargs)
@@ -170,18 +194,40 @@ def run_training(argv: Sequence[str], log_file: Path, **kwargs) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_cloob_run(tmp_path_factory, fashion_mnist_data, tiny_model_config) -> Path:
+def imagenet_style_folder(tmp_path_factory, fashion_mnist_available) -> Path:
+    """An ImageFolder standing in for ImageNet's val set: 16 real images in two class folders, and
+    one corrupt image (:data:`CORRUPT_IMAGENET_IMAGES`) that evaluation must skip and count."""
+    root = tmp_path_factory.mktemp("imagenet_val")
+    images, labels = load_fashion_mnist("test")
+    for index in range(16):
+        folder = root / f"class{labels[index] % 2}"
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(images[index]).convert("RGB").save(folder / f"{index}.png")
+    (root / "class0" / "corrupt.png").write_bytes(b"not a png at all")
+    return root
+
+
+CORRUPT_IMAGENET_IMAGES = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_cloob_run(tmp_path_factory, fashion_mnist_data, imagenet_style_folder, tiny_model_config) -> Path:
     """Train the tiny CLOOB model on Fashion-MNIST through ``training.main`` (default loss).
 
-    2 epochs x 100 steps of 128, lr 1e-3, validation each epoch, tensorboard, the most recent
-    checkpoint kept. Returns the run folder.
+    2 epochs x 100 steps of 128, lr 1e-3, a data loader worker, validation each epoch, OpenCLIP's
+    ImageNet zero-shot evaluation on :func:`imagenet_style_folder` after the last epoch,
+    tensorboard, the most recent checkpoint kept. Returns the run folder.
+
+    It is the suite's one run with ``--imagenet-val``: OpenCLIP builds its 1000-class classifier
+    from 80 prompts per class (about 40 s of CPU for the tiny model), whatever the folder holds.
     """
     logs = tmp_path_factory.mktemp("runs")
     argv = training_argv(
         logs, "learning",
         "--train-data", str(fashion_mnist_data["train_csv"]),
         "--val-data", str(fashion_mnist_data["val_csv"]),
-        "--batch-size", str(LEARNING_BATCH_SIZE), "--epochs", str(LEARNING_EPOCHS),
+        "--imagenet-val", str(imagenet_style_folder),
+        "--batch-size", str(LEARNING_BATCH_SIZE), "--epochs", str(LEARNING_EPOCHS), "--workers", "1",
         "--lr", "1e-3", "--warmup", "20", "--log-every-n-steps", "10",
         "--report-to", "tensorboard", "--save-most-recent",
     )

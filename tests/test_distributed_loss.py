@@ -1,15 +1,23 @@
 """CloobLoss in real multi-process runs (torch.distributed, gloo on CPU) against one process.
 
 Each rank holds a slice of one global float64 batch, computes its loss and backpropagates; the
-parent compares values and feature gradients with the single-process loss on the whole batch.
-A DDP-style average of parameter gradients equals (1/world_size) Σ_rank of each rank's feature
-gradients pushed through its own rows, so the relations below are stated on feature gradients:
+parent compares values and feature gradients with the float64 reference on the whole batch, for
+every variant of the paper's grid (InfoLOOB/InfoNCE, with/without Hopfield), the direct and the
+memory-efficient path, and every mode. A DDP-style average of parameter gradients equals
+(1/world_size) Σ_rank of each rank's feature gradients pushed through its own rows, so the
+relations below are stated on feature gradients:
 
 - with gather_with_grad (local or not): rank gradients / world_size == single-process gradient;
 - default mode (gather without grad): rank gradients == single-process gradient;
-- every mode, direct and memory-efficient path: rank values (mean over ranks with local_loss) == single-process value, and the
+- every mode: rank values (mean over ranks with local_loss) == single-process value, and the
   mean of the ranks' temperature gradients == the single-process temperature gradient.
+
+One launch per world size runs everything: workers are forked from a forkserver that imported
+torch and open_clip once, instead of each re-importing them (~10 s of CPU per worker here).
+The same launch runs the loss through OpenCLIP's next ``gather_features`` signature (no
+``use_horovod``) and the collective ``CloobLoss.diagnostics``.
 """
+import functools
 import os
 import socket
 
@@ -17,11 +25,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from open_clip.loss import gather_features
 
-from cloob_reference import reference_cloob, unit_rows
 import open_clip_cloob.loss as cloob_loss_module
+from cloob_reference import reference_cloob, reference_hopfield_diagnostics, unit_rows
 from open_clip_cloob import CloobLoss
 
+VARIANTS = [("infoloob", True), ("infonce", True), ("infoloob", False), ("infonce", False)]  # objective, hopfield
+PATHS = ["direct", "chunked"]
 MODES = [  # local_loss, gather_with_grad
     (False, False),
     (False, True),
@@ -29,6 +40,18 @@ MODES = [  # local_loss, gather_with_grad
     (True, False),
 ]
 LOCAL_BATCH, DIM, BETA, INV_TAU = 3, 6, 8.0, 30.0
+CASES = [(variant, path, mode) for variant in VARIANTS for path in PATHS for mode in MODES]
+
+
+def _case_id(variant, path, mode):
+    objective, hopfield = variant
+    local_loss, gather_with_grad = mode
+    return (f"{objective}-{'hopfield' if hopfield else 'plain'}-{path}-"
+            f"{'local' if local_loss else 'global'}-{'gathergrad' if gather_with_grad else 'nogathergrad'}")
+
+
+def _cases(select=lambda variant, path, mode: True):
+    return [pytest.param(*case, id=_case_id(*case)) for case in CASES if select(*case)]
 
 
 def _global_batch(world_size):
@@ -36,23 +59,47 @@ def _global_batch(world_size):
     return unit_rows(n, DIM, seed=world_size), unit_rows(n, DIM, seed=world_size + 50)
 
 
-def _worker(rank, world_size, port, out_dir, memory_efficient):
+def gather_features_without_use_horovod(image_features, text_features, local_loss=False, gather_with_grad=False,
+                                        rank=0, world_size=1):
+    """OpenCLIP's development-branch signature of ``gather_features`` (it dropped ``use_horovod``),
+    served by the installed function."""
+    return gather_features(image_features, text_features, local_loss, gather_with_grad, rank, world_size)
+
+
+def _rank_run(rank, world_size, variant, path, mode):
+    """This rank's loss value and gradients (features, temperature) for one case."""
+    objective, hopfield = variant
+    local_loss, gather_with_grad = mode
+    image, text = _global_batch(world_size)
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    x = image[rows].clone().requires_grad_()
+    y = text[rows].clone().requires_grad_()
+    scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
+    loss_fn = CloobLoss(hopfield_beta=BETA, local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank,
+                        world_size=world_size, memory_efficient=path == "chunked", objective=objective,
+                        hopfield=hopfield)
+    loss = loss_fn(x, y, scale)
+    loss.backward()
+    return loss.detach(), x.grad, y.grad, scale.grad
+
+
+def _worker(rank, world_size, port, out_dir):
+    torch.set_num_threads(1)
     # A tiny chunk budget makes the memory-efficient path run several odd-sized chunks.
     cloob_loss_module.CHUNK_ELEMENTS = 5 * LOCAL_BATCH * world_size
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    results = {case: _rank_run(rank, world_size, *case) for case in CASES}
+    # The same loss through OpenCLIP's next gather_features signature (CloobLoss decides at construction).
+    cloob_loss_module.gather_features = gather_features_without_use_horovod
+    for path in PATHS:
+        for mode in MODES:
+            results["without use_horovod", path, mode] = _rank_run(rank, world_size, VARIANTS[0], path, mode)
+    cloob_loss_module.gather_features = gather_features
     image, text = _global_batch(world_size)
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    results = {}
-    for local_loss, gather_with_grad in MODES:
-        x = image[rows].clone().requires_grad_()
-        y = text[rows].clone().requires_grad_()
-        scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
-        loss_fn = CloobLoss(hopfield_beta=BETA, local_loss=local_loss, gather_with_grad=gather_with_grad,
-                            rank=rank, world_size=world_size, memory_efficient=memory_efficient)
-        loss = loss_fn(x, y, scale)
-        loss.backward()
-        results[(local_loss, gather_with_grad)] = (loss.detach(), x.grad, y.grad, scale.grad)
+    loss_fn = CloobLoss(hopfield_beta=BETA, rank=rank, world_size=world_size)
+    results["diagnostics"] = loss_fn.diagnostics(image[rows].clone().requires_grad_(), text[rows])
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -63,67 +110,103 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _single_process(image, text, anchor_indices=None):
+@functools.lru_cache(maxsize=None)
+def _single_process(world_size, variant, anchor_indices=None):
+    """The float64 reference's value and gradients (features, temperature) on the global batch."""
+    image, text = _global_batch(world_size)
     x, y = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
-    loss = reference_cloob(x, y, scale, BETA, anchor_indices)
+    objective, hopfield = variant
+    loss = reference_cloob(x, y, scale, BETA, anchor_indices, objective=objective, hopfield=hopfield)
     loss.backward()
     return loss.detach(), x.grad, y.grad, scale.grad
 
 
-@pytest.fixture(scope="module", params=[(2, False), (4, False), (2, True), (4, True)],
-                ids=lambda p: f"world{p[0]}-{'chunked' if p[1] else 'direct'}")
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
 def distributed_run(request, tmp_path_factory):
-    world_size, memory_efficient = request.param
+    world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"world{world_size}")
-    mp.spawn(_worker, args=(world_size, _free_port(), str(out_dir), memory_efficient), nprocs=world_size, join=True)
+    # The forkserver preloads what conftest's training_process sets (torch, OpenCLIP, this package).
+    mp.start_processes(_worker, args=(world_size, _free_port(), str(out_dir)), nprocs=world_size, join=True,
+                       start_method="forkserver")
     ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]
     return world_size, ranks
 
 
-@pytest.mark.parametrize("local_loss,gather_with_grad", MODES)
-def test_values_match_single_process(distributed_run, local_loss, gather_with_grad):
+@pytest.mark.parametrize("variant,path,mode", _cases())
+def test_values_match_single_process(distributed_run, variant, path, mode):
     world_size, ranks = distributed_run
-    image, text = _global_batch(world_size)
-    values = torch.stack([r[(local_loss, gather_with_grad)][0] for r in ranks])
-    single = _single_process(image, text)[0]
+    values = torch.stack([r[variant, path, mode][0] for r in ranks])
+    single = _single_process(world_size, variant)[0]
+    local_loss, _ = mode
     if local_loss:
         for rank, value in enumerate(values):
-            own_anchors = range(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-            torch.testing.assert_close(value, _single_process(image, text, own_anchors)[0], rtol=1e-10, atol=1e-12)
+            own_anchors = tuple(range(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH))
+            torch.testing.assert_close(value, _single_process(world_size, variant, own_anchors)[0],
+                                       rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(values.mean(), single, rtol=1e-10, atol=1e-12)
     else:
         torch.testing.assert_close(values, single.expand(world_size), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("local_loss,gather_with_grad", [m for m in MODES if m != (True, False)])
-def test_feature_gradients_match_single_process(distributed_run, local_loss, gather_with_grad):
+@pytest.mark.parametrize("variant,path,mode", _cases(lambda variant, path, mode: mode != (True, False)))
+def test_feature_gradients_match_single_process(distributed_run, variant, path, mode):
     world_size, ranks = distributed_run
-    image, text = _global_batch(world_size)
-    _, grad_image, grad_text, _ = _single_process(image, text)
+    _, grad_image, grad_text, _ = _single_process(world_size, variant)
     # A gather with gradient sums every rank's contribution into the owner's rows: world_size times
     # the gradient of the mean loss. Without it, each rank keeps only its own rows' share of its
     # (full) loss, like ClipLoss: DDP's average then is the single-process gradient / world_size.
+    _, gather_with_grad = mode
     scale = world_size if gather_with_grad else 1
-    got_image = torch.cat([r[(local_loss, gather_with_grad)][1] for r in ranks]) / scale
-    got_text = torch.cat([r[(local_loss, gather_with_grad)][2] for r in ranks]) / scale
+    got_image = torch.cat([r[variant, path, mode][1] for r in ranks]) / scale
+    got_text = torch.cat([r[variant, path, mode][2] for r in ranks]) / scale
     torch.testing.assert_close(got_image, grad_image, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got_text, grad_text, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("local_loss,gather_with_grad", MODES)
-def test_temperature_gradient_averages_to_single_process(distributed_run, local_loss, gather_with_grad):
+@pytest.mark.parametrize("variant,path,mode", _cases())
+def test_temperature_gradient_averages_to_single_process(distributed_run, variant, path, mode):
     world_size, ranks = distributed_run
-    image, text = _global_batch(world_size)
-    averaged = torch.stack([r[(local_loss, gather_with_grad)][3] for r in ranks]).mean()
-    torch.testing.assert_close(averaged, _single_process(image, text)[3], rtol=1e-9, atol=1e-12)
+    averaged = torch.stack([r[variant, path, mode][3] for r in ranks]).mean()
+    torch.testing.assert_close(averaged, _single_process(world_size, variant)[3], rtol=1e-9, atol=1e-12)
 
 
-def test_local_loss_without_gather_grad_drops_cross_rank_gradient(distributed_run):
+@pytest.mark.parametrize("variant,path,mode", _cases(lambda variant, path, mode: mode == (True, False)))
+def test_local_loss_without_gather_grad_drops_cross_rank_gradient(distributed_run, variant, path, mode):
     # Documented limitation (as with ClipLoss): the value is right but other ranks' anchors no
     # longer reach this rank's features. This pins the warning's claim.
     world_size, ranks = distributed_run
-    image, text = _global_batch(world_size)
-    _, grad_image, _, _ = _single_process(image, text)
-    got = torch.cat([r[(True, False)][1] for r in ranks]) / world_size
+    _, grad_image, _, _ = _single_process(world_size, variant)
+    got = torch.cat([r[variant, path, mode][1] for r in ranks]) / world_size
     assert not torch.allclose(got, grad_image, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"local{m[0]:d}-gathergrad{m[1]:d}")
+def test_gather_features_without_use_horovod_gives_the_same_results(distributed_run, path, mode):
+    _, ranks = distributed_run
+    for r in ranks:
+        for got, want in zip(r["without use_horovod", path, mode], r[VARIANTS[0], path, mode]):
+            assert torch.equal(got, want)
+
+
+def test_diagnostics_of_every_rank_are_those_of_the_global_batch(distributed_run):
+    world_size, ranks = distributed_run
+    want = reference_hopfield_diagnostics(*_global_batch(world_size), BETA)
+    for r in ranks:
+        assert r["diagnostics"] == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenCLIP's gather_features with and without use_horovod, decided when the loss is built
+
+
+def test_installed_gather_features_gets_use_horovod():
+    assert CloobLoss(use_horovod=False)._gather_keywords == {"use_horovod": False}
+
+
+def test_gather_features_without_use_horovod(monkeypatch):
+    monkeypatch.setattr(cloob_loss_module, "gather_features", gather_features_without_use_horovod)
+    assert CloobLoss()._gather_keywords == {}
+    with pytest.raises(ValueError, match="use_horovod=True, but this OpenCLIP's open_clip.loss.gather_features"):
+        CloobLoss(use_horovod=True)

@@ -7,7 +7,7 @@ import torch
 
 import open_clip_cloob.loss as loss_module
 from cloob_reference import reference_cloob, unit_rows
-from open_clip_cloob import CloobLoss, hopfield_retrieval, info_loob
+from open_clip_cloob import CloobLoss, cloob_loss, hopfield_retrieval, info_loob, info_nce
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,12 +46,13 @@ def test_chunked_retrieval_of_a_near_zero_pattern_has_f_normalize_gradient():
     _assert_all_close(chunked, direct, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("score", [info_loob, info_nce], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("n,m,offset,chunk", [(2, 2, 0, 1), (7, 7, 0, 3), (4, 12, 8, 3), (5, 15, 5, 2), (16, 16, 0, 5)])
-def test_chunked_info_loob_matches_direct(n, m, offset, chunk):
+def test_chunked_score_matches_direct(score, n, m, offset, chunk):
     anchors, candidates = unit_rows(n, 6, seed=3), unit_rows(m, 6, seed=4)
     inv_tau = torch.tensor(30.0, dtype=torch.float64)
-    direct = _value_and_grads(lambda a, b, t: info_loob(a, b, t, offset), anchors, candidates, inv_tau)
-    chunked = _value_and_grads(lambda a, b, t: info_loob(a, b, t, offset, chunk_size=chunk), anchors, candidates, inv_tau)
+    direct = _value_and_grads(lambda a, b, t: score(a, b, t, offset), anchors, candidates, inv_tau)
+    chunked = _value_and_grads(lambda a, b, t: score(a, b, t, offset, chunk_size=chunk), anchors, candidates, inv_tau)
     _assert_all_close(chunked, direct, rtol=1e-12, atol=1e-12)
 
 
@@ -60,7 +61,8 @@ def test_chunked_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda s, m: hopfield_retrieval(s, m, 3.0, chunk_size=2), (state, memory))
     a, b = unit_rows(3, 4, seed=7).requires_grad_(), unit_rows(7, 4, seed=8).requires_grad_()
     inv_tau = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, t: info_loob(a, b, t, 2, chunk_size=2), (a, b, inv_tau))
+    for score in (info_loob, info_nce):
+        assert torch.autograd.gradcheck(lambda a, b, t: score(a, b, t, 2, chunk_size=2), (a, b, inv_tau))
 
 
 @pytest.fixture
@@ -76,6 +78,36 @@ def test_memory_efficient_cloob_matches_float64_reference(small_chunks, n):
     chunked = _value_and_grads(CloobLoss(memory_efficient=True), x, y, scale)
     reference = _value_and_grads(lambda a, b, s: reference_cloob(a, b, s, 8.0), x, y, scale)
     _assert_all_close(chunked, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("objective,hopfield", [("infonce", True), ("infoloob", False), ("infonce", False)])
+@pytest.mark.parametrize("n", [2, 11])
+def test_memory_efficient_variant_matches_float64_reference(small_chunks, n, objective, hopfield):
+    x, y = unit_rows(n, 8, seed=n), unit_rows(n, 8, seed=n + 1)
+    scale = torch.tensor(30.0, dtype=torch.float64)
+    loss_fn = CloobLoss(memory_efficient=True, objective=objective, hopfield=hopfield)
+    chunked = _value_and_grads(loss_fn, x, y, scale)
+    reference = _value_and_grads(
+        lambda a, b, s: reference_cloob(a, b, s, 8.0, objective=objective, hopfield=hopfield), x, y, scale)
+    _assert_all_close(chunked, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("objective,hopfield", [("infoloob", True), ("infonce", False)])
+def test_functional_chunk_size_is_the_memory_efficient_module(small_chunks, objective, hopfield):
+    x, y = unit_rows(11, 8, seed=11), unit_rows(11, 8, seed=12)
+    module = CloobLoss(memory_efficient=True, objective=objective, hopfield=hopfield)(x, y, 30.0)
+    functional = cloob_loss(x, y, 30.0, 8.0, objective, hopfield, chunk_size=loss_module.chunk_rows(11))
+    assert functional == module
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3])
+def test_bad_chunk_size_raises(chunk_size):
+    x = unit_rows(4, 3, seed=13)
+    for compute in (lambda: cloob_loss(x, x, 30.0, chunk_size=chunk_size),
+                    lambda: hopfield_retrieval(x, x, 8.0, chunk_size=chunk_size),
+                    lambda: info_nce(x, x, 30.0, chunk_size=chunk_size)):
+        with pytest.raises(ValueError, match=f"chunk_size must be None or a positive number of rows, got {chunk_size}"):
+            compute()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

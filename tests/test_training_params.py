@@ -6,7 +6,7 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from open_clip_cloob import CloobLoss, cloob_loss, list_cloob_models
+from open_clip_cloob import LOSS_VARIANTS, CloobLoss, cloob_loss, list_cloob_models
 from open_clip_cloob.registry import CLOOB_SUFFIX
 from training import params
 from training.openclip_hooks import create_loss, create_model_and_transforms, validation_loss
@@ -32,6 +32,7 @@ def test_the_torch_free_parser_agrees_with_the_library():
     assert params.CLOOB_MODEL_SUFFIX == CLOOB_SUFFIX
     assert all(params.is_cloob_model(name) for name in list_cloob_models())
     assert params.DEFAULT_HOPFIELD_BETA == inspect.signature(CloobLoss).parameters["hopfield_beta"].default
+    assert set(params.CLOOB_LOSSES) <= set(LOSS_VARIANTS)  # build_cloob_loss looks them up there
 
 
 def test_other_models_keep_openclips_loss_and_learnable_temperature():

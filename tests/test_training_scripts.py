@@ -31,10 +31,15 @@ DRY_RUNS = {
     "cc3m-rn50-slurm": ("cc3m_rn50.sh", {"SLURM_JOB_ID": "4242"}, ["--epochs", "31"], {
         "model": "RN50-cloob", "batch_size": "128", "restart_cycles": "10", "save_every_n_steps": "1000",
         "save_frequency": "1", "resume": "latest", "epochs": "31", "name": "cc3m-rn50-cloob"}),
+    # yfcc15m.sbatch runs through train_slurm.sbatch too (its checkpoint defaults, then the recipe).
     **{f"yfcc15m-{model}": ("yfcc15m.sbatch", {"MODEL": model}, [], {
-        "model": model, "dataset_type": "webdataset", "train_num_samples": "14800000", "epochs": "28",
-        "restart_cycles": "10", "init_inv_tau": "30.0", "hopfield_beta": "8.0", "name": f"yfcc15m-{model}"})
+        "model": model, "dataset_type": "webdataset", "train_data": "/data/yfcc15m/{00000..01499}.tar",
+        "train_num_samples": "14800000", "epochs": "28", "restart_cycles": "10", "init_inv_tau": "30.0",
+        "hopfield_beta": "8.0", "name": f"yfcc15m-{model}", "save_every_n_steps": "1000", "save_frequency": "1",
+        "resume": "latest", "report_to": "tensorboard"})
        for model in ("RN50-cloob", "RN101-cloob", "RN50x4-cloob")},
+    "yfcc15m-shards": ("yfcc15m.sbatch", {"TRAIN_DATA": "/x/{0..3}.tar", "TRAIN_NUM_SAMPLES": "4000"}, [], {
+        "train_data": "/x/{0..3}.tar", "train_num_samples": "4000"}),
 }
 
 
@@ -62,10 +67,11 @@ def test_script_arguments_parse_into_the_intended_settings(dry_run_outputs, name
     assert {key: settings.get(key) for key in expected} == expected
 
 
-def test_cc3m_recipe_submitted_with_sbatch_finds_train_slurm_sbatch_via_the_submit_dir(tmp_path):
+@pytest.mark.parametrize("script", ["cc3m_rn50.sh", "yfcc15m.sbatch"])
+def test_recipe_submitted_with_sbatch_finds_train_slurm_sbatch_via_the_submit_dir(tmp_path, script):
     # sbatch runs a copy of the script from its spool folder, away from the repository.
     spool_copy = tmp_path / "slurm_script"
-    spool_copy.write_text((SCRIPTS / "cc3m_rn50.sh").read_text())
+    spool_copy.write_text((SCRIPTS / script).read_text())
     output, _ = _dry_run(str(spool_copy), {"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(REPO)}, []).communicate(
         timeout=300)
     settings = dict(re.findall(r"^(\w+): (.*)$", output, flags=re.MULTILINE))
@@ -74,8 +80,8 @@ def test_cc3m_recipe_submitted_with_sbatch_finds_train_slurm_sbatch_via_the_subm
     lost = _dry_run(str(spool_copy), {"SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(tmp_path)}, [])
     output, _ = lost.communicate(timeout=300)
     assert lost.returncode == 1
-    assert f"scripts/train_slurm.sbatch not found next to this script nor under SLURM_SUBMIT_DIR='{tmp_path}'" \
-        in output
+    assert f"{script}: scripts/train_slurm.sbatch not found next to this script nor under " \
+        f"SLURM_SUBMIT_DIR='{tmp_path}'" in output
 
 
 def test_tsv_to_csv_resolves_urls_and_paths_and_skips_missing_images(tmp_path, fashion_mnist_available):

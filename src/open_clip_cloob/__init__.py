@@ -12,7 +12,17 @@ import importlib
 from typing import Any, List
 
 from .checkpoint import CheckpointError, load_checkpoint_file
-from .loss import CloobLoss, cloob_loss, cross_hopfield_retrieval, hopfield_retrieval, info_loob
+from .loss import (
+    LOSS_VARIANTS,
+    CloobLoss,
+    cloob_loss,
+    collapsed_loss,
+    cross_hopfield_retrieval,
+    hopfield_diagnostics,
+    hopfield_retrieval,
+    info_loob,
+    info_nce,
+)
 from .pretrained import register_pretrained_tags
 from .registry import add_model_configs, list_cloob_models, register_model_configs
 
@@ -44,16 +54,20 @@ def __dir__() -> List[str]:
 
 __all__ = [
     "CheckpointError",
+    "LOSS_VARIANTS",
     "CloobLoss",
     "add_model_configs",
     "analysis",
     "analyze_embeddings",
     "cloob_loss",
+    "collapsed_loss",
     "convert_cloob_checkpoint",
     "cross_hopfield_retrieval",
     "export_model_folder",
+    "hopfield_diagnostics",
     "hopfield_retrieval",
     "info_loob",
+    "info_nce",
     "list_cloob_models",
     "load_checkpoint_file",
     "register_model_configs",

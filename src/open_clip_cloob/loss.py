@@ -1,17 +1,39 @@
-"""The CLOOB loss: modern Hopfield retrieval followed by InfoLOOB (Fürst et al., NeurIPS 2022).
+"""CLOOB's loss (Fürst et al., NeurIPS 2022) and the paper's ablations, as pure functions and one module.
 
 Notation (shapes in brackets): X [N, d] image and Y [N, d] text embeddings with unit rows, N the
 global batch, ``inv_tau`` = 1/τ the inverse temperature (OpenCLIP's exponentiated ``logit_scale``),
-β the Hopfield inverse temperature. The loss is
+β the Hopfield inverse temperature. For anchors A and candidates B (row i of both is a pair):
 
+    InfoLOOB  ℓ_LOOB(A, B) = (1/N) Σ_i [ −inv_tau A_i·B_i + log Σ_{j≠i} exp(inv_tau A_i·B_j) ]
+    InfoNCE   ℓ_NCE(A, B)  = (1/N) Σ_i [ −inv_tau A_i·B_i + log Σ_j   exp(inv_tau A_i·B_j) ]
+    Hop(S, M) = rownorm(softmax_rows(β S Mᵀ) M)
     U_x = Hop(X, X),  U_y = Hop(Y, X),  V_x = Hop(X, Y),  V_y = Hop(Y, Y)
-    L   = τ · [ ℓ(U_x, U_y) + ℓ(V_y, V_x) ]
 
-with ``Hop`` = :func:`hopfield_retrieval` and ``ℓ`` = :func:`info_loob`. Only training uses the
-Hopfield step; inference uses the plain embeddings, exactly like CLIP.
+The paper's 2×2 ablation grid (InfoLOOB or InfoNCE, with or without the Hopfield retrieval) is one
+formula with ℓ the chosen objective; the sum of two terms and the factor τ are the same everywhere,
+so every variant is on CLOOB's scale:
+
+    hopfield=True   L = τ · [ ℓ(U_x, U_y) + ℓ(V_y, V_x) ]    ("cloob", "cloob-infonce")
+    hopfield=False  L = τ · [ ℓ(X, Y)     + ℓ(Y, X)     ]    ("infoloob"; with InfoNCE = 2τ·ClipLoss)
+
+Only training uses the Hopfield step; inference uses the plain embeddings, exactly like CLIP.
+
+Layout: each primitive has one home holding its direct and chunked (memory-efficient) forms side
+by side: the retrieval (:func:`hopfield_retrieval`, ``_ChunkedRetrieval``, and
+:func:`cross_hopfield_retrieval`, which shares X·Yᵀ between two retrievals) and the contrastive
+score (``_contrastive`` and ``_ChunkedContrastive``, InfoLOOB and InfoNCE differing only in whether
+the positive is left out; public as :func:`info_loob` and :func:`info_nce`; and
+``_contrastive_both_ways``, which shares X·Yᵀ between ℓ(X, Y) and ℓ(Y, X) like ``ClipLoss``). A variant is a small
+function that returns the two (anchors, candidates) pairs to score (``_retrieval_pairs``,
+``_embedding_pairs``); ``_loss`` is the one implementation behind the pure function
+:func:`cloob_loss` and every mode of :class:`CloobLoss`. Diagnostics of the Hopfield step
+(:func:`hopfield_diagnostics`) and the value of a collapsed model (:func:`collapsed_loss`) close it.
 """
+import inspect
 import logging
-from typing import Dict, Optional, Tuple, Union
+import math
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,11 +43,24 @@ from open_clip.loss import gather_features
 
 _logger = logging.getLogger(__name__)
 
+# Objective name -> whether its denominator leaves the positive out.
+_LEAVES_OUT_POSITIVE = {"infoloob": True, "infonce": False}
+OBJECTIVES = tuple(_LEAVES_OUT_POSITIVE)
+# The `--loss` names of the paper's grid that CloobLoss serves, with its keyword arguments. The fourth
+# corner, InfoNCE on the plain embeddings, is OpenCLIP's own ClipLoss (`--loss clip`).
+LOSS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "cloob": MappingProxyType({"objective": "infoloob", "hopfield": True}),
+    "cloob-infonce": MappingProxyType({"objective": "infonce", "hopfield": True}),
+    "infoloob": MappingProxyType({"objective": "infoloob", "hopfield": False}),
+})
 
 # Largest [rows, memory] block the chunked path materialises (64 MiB in float32). The automatic
 # choice uses the direct path while its biggest matrix stays within this budget.
 CHUNK_ELEMENTS = 1 << 24
 _NORMALIZE_EPS = 1e-12  # F.normalize's default
+
+Pairs = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+Gather = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 def _chunks(n: int, chunk_size: int):
@@ -48,6 +83,10 @@ def _softmax_rows_(scores: torch.Tensor) -> torch.Tensor:
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[n, 1] row-wise dot products of two [n, d] tensors, without an [n, d] temporary."""
     return torch.einsum("ij,ij->i", a, b).unsqueeze(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Hopfield retrieval: direct and chunked
 
 
 class _ChunkedRetrieval(torch.autograd.Function):
@@ -93,51 +132,6 @@ class _ChunkedRetrieval(torch.autograd.Function):
         return grad_state, grad_memory, None, None
 
 
-class _ChunkedInfoLoob(torch.autograd.Function):
-    """InfoLOOB, ``chunk_size`` anchors at a time. The loss is a mean, so its gradient is a fixed
-    direction times the scalar upstream gradient: forward accumulates that direction (O((n + m)·d)
-    memory) while each block of probabilities is at hand, and backward only scales it. This saves
-    recomputing the blocks (1 product) in backward."""
-
-    @staticmethod
-    def forward(ctx, anchors, candidates, inv_tau, offset, chunk_size):
-        n = anchors.shape[0]
-        own_candidates = candidates[offset:offset + n]
-        positives = (anchors * own_candidates).sum(dim=1)
-        lse = anchors.new_empty(n)
-        with_grad = any(ctx.needs_input_grad[:3])
-        if with_grad:
-            # ∂ℓ/∂A_i = (inv_tau/n)(Σ_j P_ij B_j − B_p(i)), ∂ℓ/∂B_j = (inv_tau/n)(Σ_i P_ij A_i − A_p⁻¹(j)),
-            # ∂ℓ/∂inv_tau = (1/n) Σ_i (Σ_j P_ij A_i·B_j − A_i·B_p(i)); P = softmax over j ≠ p(i).
-            grad_anchors = -own_candidates.clone()
-            grad_candidates = torch.zeros_like(candidates)
-            grad_candidates[offset:offset + n] -= anchors
-            grad_inv_tau = -positives.sum()
-        for rows in _chunks(n, chunk_size):
-            similarities = torch.mm(anchors[rows], candidates.T)
-            probs = _mask_positives(similarities * inv_tau, rows.start + offset)
-            lse[rows] = _softmax_rows_(probs)
-            if with_grad:
-                grad_inv_tau += torch.einsum("ij,ij->", probs, similarities)
-                grad_anchors[rows].addmm_(probs, candidates)
-                grad_candidates.addmm_(probs.T, anchors[rows])
-        if with_grad:
-            ctx.save_for_backward(grad_anchors.mul_(inv_tau / n), grad_candidates.mul_(inv_tau / n), grad_inv_tau / n)
-        return (lse - inv_tau * positives).mean()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        grad_anchors, grad_candidates, grad_inv_tau = ctx.saved_tensors
-        return grad_anchors * grad_loss, grad_candidates * grad_loss, grad_inv_tau * grad_loss, None, None
-
-
-def _mask_positives(logits: torch.Tensor, first_positive: int) -> torch.Tensor:
-    """Set logits[i, first_positive + i] to −inf in place (the left-out positives) and return it."""
-    logits.diagonal(first_positive).fill_(float("-inf"))
-    return logits
-
-
 def hopfield_retrieval(
         state: torch.Tensor,
         memory: torch.Tensor,
@@ -162,6 +156,7 @@ def hopfield_retrieval(
         [n, d] retrieved patterns with unit rows.
     """
     if chunk_size is not None:
+        _check_chunk_size(chunk_size)
         return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
     return F.normalize(torch.softmax(beta * (state @ memory.T), dim=-1) @ memory, dim=-1)
 
@@ -182,6 +177,89 @@ def cross_hopfield_retrieval(
     text_from_images = torch.softmax(scores, dim=1) @ image
     image_from_texts = torch.softmax(scores, dim=0).T @ text
     return F.normalize(text_from_images, dim=-1), F.normalize(image_from_texts, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The contrastive score, InfoLOOB or InfoNCE: direct and chunked
+
+
+class _ChunkedContrastive(torch.autograd.Function):
+    """InfoLOOB (``leave_out_positive``) or InfoNCE, ``chunk_size`` anchors at a time. The loss is a
+    mean, so its gradient is a fixed direction times the scalar upstream gradient: forward
+    accumulates that direction (O((n + m)·d) memory) while each block of probabilities is at hand,
+    and backward only scales it. This saves recomputing the blocks (1 product) in backward."""
+
+    @staticmethod
+    def forward(ctx, anchors, candidates, inv_tau, offset, chunk_size, leave_out_positive):
+        n = anchors.shape[0]
+        own_candidates = candidates[offset:offset + n]
+        positives = (anchors * own_candidates).sum(dim=1)
+        lse = anchors.new_empty(n)
+        with_grad = any(ctx.needs_input_grad[:3])
+        if with_grad:
+            # ∂ℓ/∂A_i = (inv_tau/n)(Σ_j P_ij B_j − B_p(i)), ∂ℓ/∂B_j = (inv_tau/n)(Σ_i P_ij A_i − A_p⁻¹(j)),
+            # ∂ℓ/∂inv_tau = (1/n) Σ_i (Σ_j P_ij A_i·B_j − A_i·B_p(i)); P = softmax over the
+            # denominator's candidates (j ≠ p(i) for InfoLOOB, all j for InfoNCE).
+            grad_anchors = -own_candidates.clone()
+            grad_candidates = torch.zeros_like(candidates)
+            grad_candidates[offset:offset + n] -= anchors
+            grad_inv_tau = -positives.sum()
+        for rows in _chunks(n, chunk_size):
+            similarities = torch.mm(anchors[rows], candidates.T)
+            probs = similarities * inv_tau
+            if leave_out_positive:
+                _mask_positives(probs, rows.start + offset)
+            lse[rows] = _softmax_rows_(probs)
+            if with_grad:
+                grad_inv_tau += torch.einsum("ij,ij->", probs, similarities)
+                grad_anchors[rows].addmm_(probs, candidates)
+                grad_candidates.addmm_(probs.T, anchors[rows])
+        if with_grad:
+            ctx.save_for_backward(grad_anchors.mul_(inv_tau / n), grad_candidates.mul_(inv_tau / n), grad_inv_tau / n)
+        return (lse - inv_tau * positives).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        grad_anchors, grad_candidates, grad_inv_tau = ctx.saved_tensors
+        return grad_anchors * grad_loss, grad_candidates * grad_loss, grad_inv_tau * grad_loss, None, None, None
+
+
+def _mask_positives(logits: torch.Tensor, first_positive: int) -> torch.Tensor:
+    """Set logits[i, first_positive + i] to −inf in place (the left-out positives) and return it."""
+    logits.diagonal(first_positive).fill_(float("-inf"))
+    return logits
+
+
+def _contrastive(
+        anchors: torch.Tensor,
+        candidates: torch.Tensor,
+        inv_tau: Union[torch.Tensor, float],
+        positive_offset: int,
+        chunk_size: Optional[int],
+        leave_out_positive: bool,
+) -> torch.Tensor:
+    """InfoLOOB (``leave_out_positive``) or InfoNCE: see :func:`info_loob` and :func:`info_nce`."""
+    inv_tau = torch.as_tensor(inv_tau, dtype=anchors.dtype, device=anchors.device)
+    if chunk_size is not None:
+        _check_chunk_size(chunk_size)
+        return _ChunkedContrastive.apply(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive)
+    n = anchors.shape[0]
+    positives = inv_tau * (anchors * candidates[positive_offset:positive_offset + n]).sum(dim=1)
+    logits = inv_tau * (anchors @ candidates.T)
+    if leave_out_positive:
+        _mask_positives(logits, positive_offset)
+    return (torch.logsumexp(logits, dim=1) - positives).mean()
+
+
+def _contrastive_both_ways(
+        a: torch.Tensor, b: torch.Tensor, inv_tau: torch.Tensor, leave_out_positive: bool) -> torch.Tensor:
+    """``ℓ(A, B) + ℓ(B, A)`` of two [n, d] batches from one product, as ClipLoss: B Aᵀ = (A Bᵀ)ᵀ."""
+    positives = inv_tau * (a * b).sum(dim=1)
+    logits = inv_tau * (a @ b.T)
+    if leave_out_positive:
+        _mask_positives(logits, 0)
+    return (torch.logsumexp(logits, dim=1) + torch.logsumexp(logits, dim=0) - 2 * positives).mean()
 
 
 def info_loob(
@@ -212,13 +290,134 @@ def info_loob(
     Returns:
         Scalar loss.
     """
-    inv_tau = torch.as_tensor(inv_tau, dtype=anchors.dtype, device=anchors.device)
-    if chunk_size is not None:
-        return _ChunkedInfoLoob.apply(anchors, candidates, inv_tau, positive_offset, chunk_size)
-    n = anchors.shape[0]
-    positives = inv_tau * (anchors * candidates[positive_offset:positive_offset + n]).sum(dim=1)
-    logits = _mask_positives(inv_tau * (anchors @ candidates.T), positive_offset)
-    return (torch.logsumexp(logits, dim=1) - positives).mean()
+    return _contrastive(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive=True)
+
+
+def info_nce(
+        anchors: torch.Tensor,
+        candidates: torch.Tensor,
+        inv_tau: Union[torch.Tensor, float],
+        positive_offset: int = 0,
+        chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """InfoNCE of anchors against candidates, averaged over anchors: :func:`info_loob` with the
+    positive kept in the denominator.
+
+    ``ℓ(A, B) = (1/n) Σ_i [ −inv_tau · A_i·B_p(i) + log Σ_j exp(inv_tau · A_i·B_j) ]`` with
+    ``p(i) = positive_offset + i``: the cross-entropy of the logits ``inv_tau · A Bᵀ`` against
+    the positives, one direction of OpenCLIP's ``ClipLoss``. It is ≥ 0 and saturates: its gradient
+    vanishes as a positive's similarity dominates the row. Arguments and return as :func:`info_loob`.
+    """
+    return _contrastive(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The variants: which (anchors, candidates) pairs are scored; the one implementation of the loss
+
+
+class _Batch(NamedTuple):
+    """What a rank scores: states (its own rows with ``local_loss``, else the global batch) and the
+    global batch as memory and candidates, each [rows, d]."""
+    image_states: torch.Tensor
+    text_states: torch.Tensor
+    image_memory: torch.Tensor
+    text_memory: torch.Tensor
+
+
+def _retrieval_pairs(
+        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
+    """CLOOB's pairs ``(U_x, U_y), (V_y, V_x)``: the states' four Hopfield retrievals from the memory.
+
+    ``gather_candidates`` is None when the states are the whole batch (the memory); for a rank's
+    own states (``local_loss``) it all-gathers the retrieved candidates U_y, V_x to the global batch.
+    """
+    if chunk_size is None and gather_candidates is None:
+        image_from_images = hopfield_retrieval(batch.image_memory, batch.image_memory, beta)  # U_x
+        text_from_images, image_from_texts = cross_hopfield_retrieval(  # U_y, V_x
+            batch.image_memory, batch.text_memory, beta)
+        text_from_texts = hopfield_retrieval(batch.text_memory, batch.text_memory, beta)  # V_y
+    else:
+        # Four separate calls rather than stacked [x; y] states: each call saves its own inputs
+        # for backward, where a stacked copy would add [2N, d] tensors to the memory peak.
+        image_from_images = hopfield_retrieval(batch.image_states, batch.image_memory, beta, chunk_size)
+        text_from_images = hopfield_retrieval(batch.text_states, batch.image_memory, beta, chunk_size)
+        image_from_texts = hopfield_retrieval(batch.image_states, batch.text_memory, beta, chunk_size)
+        text_from_texts = hopfield_retrieval(batch.text_states, batch.text_memory, beta, chunk_size)
+    if gather_candidates is not None:
+        text_from_images, image_from_texts = gather_candidates(text_from_images, image_from_texts)
+    return (image_from_images, text_from_images), (text_from_texts, image_from_texts)
+
+
+def _embedding_pairs(
+        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
+    """The plain embeddings' pairs ``(X, Y), (Y, X)``; the candidates are the (gathered) batch itself."""
+    return (batch.image_states, batch.text_memory), (batch.text_states, batch.image_memory)
+
+
+def _loss(
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: Union[torch.Tensor, float],
+        hopfield_beta: float,
+        objective: str,
+        hopfield: bool,
+        chunk_size: Optional[int],
+        gather: Optional[Gather] = None,
+        local_rank: Optional[int] = None,
+) -> torch.Tensor:
+    """``τ · [ℓ(A₁, B₁) + ℓ(A₂, B₂)]`` of one process: the implementation behind :func:`cloob_loss`
+    and :class:`CloobLoss`, in float32 (or the inputs' wider dtype) even under autocast.
+
+    ``gather`` is None for one process holding the whole batch; otherwise it all-gathers two
+    [n, d] tensors of every rank to [n·world_size, d], which become the memory and candidates.
+    ``local_rank`` (with ``gather``) scores only that rank's own anchors (``local_loss``).
+    """
+    # Softmax and logsumexp over a large batch lose too much in half precision.
+    dtype = torch.promote_types(image_features.dtype, torch.float32)
+    with torch.autocast(device_type=image_features.device.type, enabled=False):
+        image = image_features.to(dtype)
+        text = text_features.to(dtype)
+        inv_tau = torch.as_tensor(logit_scale, device=image.device).to(dtype)
+        image_memory, text_memory = (image, text) if gather is None else gather(image, text)
+        local = local_rank is not None
+        batch = _Batch(*((image, text) if local else (image_memory, text_memory)), image_memory, text_memory)
+        pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(
+            batch, hopfield_beta, chunk_size, gather if local else None)
+        leave_out_positive = _LEAVES_OUT_POSITIVE[objective]
+        (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
+        if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
+            # ℓ(A, B) + ℓ(B, A) on the whole batch: one [N, N] product serves both directions.
+            return _contrastive_both_ways(first_anchors, first_candidates, inv_tau, leave_out_positive) / inv_tau
+        offset = local_rank * image.shape[0] if local else 0
+        loss = (_contrastive(first_anchors, first_candidates, inv_tau, offset, chunk_size, leave_out_positive)
+                + _contrastive(second_anchors, second_candidates, inv_tau, offset, chunk_size, leave_out_positive))
+        return loss / inv_tau
+
+
+def _check_beta(hopfield_beta: float) -> None:
+    if not hopfield_beta > 0:
+        raise ValueError(f"hopfield_beta must be > 0, got {hopfield_beta}")
+
+
+def _check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if not chunk_size >= 1:
+        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size}")
+
+
+def _check_features(image_features: torch.Tensor, text_features: torch.Tensor, world_size: int) -> None:
+    if image_features.ndim != 2 or image_features.shape != text_features.shape:
+        raise ValueError(
+            "image_features and text_features must both have shape [batch, dim]; got "
+            f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+    if image_features.shape[0] * world_size < 2:
+        raise ValueError(
+            f"the loss needs a global batch of at least 2 (a pair has no negative otherwise); "
+            f"got {image_features.shape[0]} x {world_size} rank(s)")
 
 
 def cloob_loss(
@@ -226,23 +425,53 @@ def cloob_loss(
         text_features: torch.Tensor,
         inv_tau: Union[torch.Tensor, float],
         hopfield_beta: float = 8.0,
+        objective: str = "infoloob",
+        hopfield: bool = True,
+        chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """CLOOB loss of one process holding the whole batch: ``τ · [ℓ(U_x, U_y) + ℓ(V_y, V_x)]``.
+    """CLOOB loss (or an ablation of it) of one process holding the whole batch.
+
+    ``hopfield=True``: ``τ · [ℓ(U_x, U_y) + ℓ(V_y, V_x)]``; ``hopfield=False``:
+    ``τ · [ℓ(X, Y) + ℓ(Y, X)]``, with ℓ = :func:`info_loob` or :func:`info_nce` (module docstring).
+    The defaults are the paper's CLOOB. OpenCLIP's ``ClipLoss`` is ``½[ℓ_NCE(X, Y) + ℓ_NCE(Y, X)]``
+    without τ, so ``objective="infonce", hopfield=False`` gives ``2τ · ClipLoss``.
 
     Args:
         image_features: [N, d] L2-normalised image embeddings X.
         text_features: [N, d] L2-normalised text embeddings Y (row i pairs with image i).
         inv_tau: inverse temperature 1/τ (OpenCLIP's exponentiated ``logit_scale``).
-        hopfield_beta: Hopfield inverse temperature β.
+        hopfield_beta: Hopfield inverse temperature β > 0 (unused with ``hopfield=False``).
+        objective: ``"infoloob"`` or ``"infonce"``.
+        hopfield: score the Hopfield retrievals (True) or the embeddings themselves (False).
+        chunk_size: None computes [N, N] matrices at once; an int computes every retrieval and
+            score that many rows at a time (memory linear in N, see :class:`CloobLoss`).
 
     Returns:
         Scalar loss in float32 (or in the inputs' dtype when wider), also under autocast.
     """
-    return CloobLoss(hopfield_beta=hopfield_beta)(image_features, text_features, inv_tau)
+    _check_beta(hopfield_beta)
+    _check_objective(objective)
+    _check_features(image_features, text_features, world_size=1)
+    return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size)
+
+
+def _gather_keywords(use_horovod: bool) -> Dict[str, bool]:
+    """The Horovod keyword for OpenCLIP's ``gather_features``: 3.3 takes ``use_horovod``, its
+    development branch (4.x) dropped the parameter, and with it Horovod."""
+    if "use_horovod" in inspect.signature(gather_features).parameters:
+        return {"use_horovod": use_horovod}
+    if use_horovod:
+        raise ValueError("use_horovod=True, but this OpenCLIP's open_clip.loss.gather_features has no "
+                         "use_horovod parameter (Horovod support was removed): launch with torchrun or SLURM")
+    return {}
 
 
 class CloobLoss(nn.Module):
-    """CLOOB loss with the constructor and ``forward`` signature of OpenCLIP's ``ClipLoss``.
+    """CLOOB loss, or an ablation of it, with the constructor and ``forward`` signature of OpenCLIP's
+    ``ClipLoss``.
+
+    ``objective`` and ``hopfield`` pick the corner of the paper's grid (``LOSS_VARIANTS`` maps the
+    ``--loss`` names to them); every variant runs in every mode and on both paths below.
 
     Under data parallelism every rank's features are gathered first (OpenCLIP's
     ``gather_features``) and the Hopfield memory is the global batch, so the loss value is the
@@ -259,14 +488,19 @@ class CloobLoss(nn.Module):
 
     Args:
         hopfield_beta: Hopfield inverse temperature β > 0 (paper: 8 for CC3M).
-        local_loss, gather_with_grad, rank, world_size, use_horovod: as in ``ClipLoss``.
+        local_loss, gather_with_grad, rank, world_size: as in ``ClipLoss``.
         cache_labels: accepted for ``ClipLoss`` compatibility; CLOOB has no label tensor to cache.
-        memory_efficient: True computes every retrieval and InfoLOOB in row chunks (retrievals
-            recompute their blocks in backward; InfoLOOB accumulates its gradient in forward),
-            never holding a [rows, N] block above ``CHUNK_ELEMENTS``
+        use_horovod: as in OpenCLIP 3.3's ``ClipLoss``; OpenCLIP versions whose ``gather_features``
+            has no ``use_horovod`` work too (with False), decided once here.
+        memory_efficient: True computes every retrieval and score in row chunks (retrievals
+            recompute their blocks in backward; InfoLOOB and InfoNCE accumulate their gradient in
+            forward), never holding a [rows, N] block above ``CHUNK_ELEMENTS``
             (memory linear in N); False materialises the [N, N] matrices (and computes X Yᵀ once
-            for both cross-modal retrievals); None (default) picks the chunked path once a
-            [rows, N] matrix of the direct path would exceed ``CHUNK_ELEMENTS``.
+            for both cross-modal retrievals, or for both directions without Hopfield); None
+            (default) picks the chunked path once a [rows, N] matrix of the direct path would
+            exceed ``CHUNK_ELEMENTS``.
+        objective: ``"infoloob"`` (CLOOB) or ``"infonce"``.
+        hopfield: score the Hopfield retrievals (True, CLOOB) or the plain embeddings (False).
     """
 
     def __init__(
@@ -279,10 +513,12 @@ class CloobLoss(nn.Module):
             world_size: int = 1,
             use_horovod: bool = False,
             memory_efficient: Optional[bool] = None,
+            objective: str = "infoloob",
+            hopfield: bool = True,
     ):
         super().__init__()
-        if not hopfield_beta > 0:
-            raise ValueError(f"hopfield_beta must be > 0, got {hopfield_beta}")
+        _check_beta(hopfield_beta)
+        _check_objective(objective)
         self.hopfield_beta = float(hopfield_beta)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
@@ -291,16 +527,19 @@ class CloobLoss(nn.Module):
         self.world_size = world_size
         self.use_horovod = use_horovod
         self.memory_efficient = memory_efficient
+        self.objective = objective
+        self.hopfield = hopfield
+        self._gather_keywords = _gather_keywords(use_horovod)
         if local_loss and world_size > 1 and not gather_with_grad:
             _logger.warning(
                 "CloobLoss(local_loss=True, gather_with_grad=False): as with ClipLoss, gradients from "
                 "other ranks' anchors are dropped; add --gather-with-grad for the exact gradient.")
 
-    def _gather(self, first: torch.Tensor, second: torch.Tensor):
+    def _gather(self, first: torch.Tensor, second: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """All-gather two [n, d] tensors to [n·world_size, d], keeping this rank's rows' gradient."""
         return gather_features(
             first, second, local_loss=False, gather_with_grad=self.gather_with_grad,
-            rank=self.rank, world_size=self.world_size, use_horovod=self.use_horovod)
+            rank=self.rank, world_size=self.world_size, **self._gather_keywords)
 
     def forward(
             self,
@@ -311,66 +550,46 @@ class CloobLoss(nn.Module):
             output_dict: bool = False,
             **kwargs,
     ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
-        """CLOOB loss of this rank.
+        """The loss of this rank.
 
         Args:
             image_features: [n, d] this rank's L2-normalised image embeddings.
             text_features: [n, d] this rank's L2-normalised text embeddings.
             logit_scale: inverse temperature 1/τ, already exponentiated (OpenCLIP's model output).
             logit_bias: must be None; CLOOB has no logit bias (a SigLIP-style model is a mistake).
-            output_dict: return ``{"cloob_loss": L}`` instead of the scalar, as OpenCLIP's loop expects.
+            output_dict: return ``{"cloob_loss": L}`` (every variant) instead of the scalar, as
+                OpenCLIP's loop expects.
             kwargs: further model outputs, ignored.
         """
         if logit_bias is not None:
             raise ValueError("CloobLoss got a logit_bias: CLOOB has none; use a model without logit bias")
-        if image_features.ndim != 2 or image_features.shape != text_features.shape:
-            raise ValueError(
-                "image_features and text_features must both have shape [batch, dim]; got "
-                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
-        local_batch = image_features.shape[0]
-        if local_batch * self.world_size < 2:
-            raise ValueError(
-                f"CLOOB needs a global batch of at least 2 (InfoLOOB has no negative otherwise); "
-                f"got {local_batch} x {self.world_size} rank(s)")
-
-        # The loss runs in float32 or wider even under fp16/bf16 autocast: softmax and logsumexp
-        # over a large batch lose too much in half precision.
-        dtype = torch.promote_types(image_features.dtype, torch.float32)
-        with torch.autocast(device_type=image_features.device.type, enabled=False):
-            image = image_features.to(dtype)
-            text = text_features.to(dtype)
-            inv_tau = torch.as_tensor(logit_scale, device=image.device).to(dtype)
-            loss = self._loss(image, text, inv_tau)
+        _check_features(image_features, text_features, self.world_size)
+        distributed = self.world_size > 1
+        local = distributed and self.local_loss
+        n_memory = image_features.shape[0] * self.world_size
+        chunk_size = self._chunk_size(image_features.shape[0] if local else n_memory, n_memory)
+        loss = _loss(
+            image_features, text_features, logit_scale, self.hopfield_beta, self.objective, self.hopfield,
+            chunk_size, gather=self._gather if distributed else None, local_rank=self.rank if local else None)
         return {"cloob_loss": loss} if output_dict else loss
 
-    def _loss(self, image: torch.Tensor, text: torch.Tensor, inv_tau: torch.Tensor) -> torch.Tensor:
-        distributed = self.world_size > 1
-        image_memory, text_memory = self._gather(image, text) if distributed else (image, text)
-        local = distributed and self.local_loss
-        image_states, text_states = (image, text) if local else (image_memory, text_memory)
+    def diagnostics(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Dict[str, float]:
+        """:func:`hopfield_diagnostics` of the global batch, the memory the loss's retrievals use.
 
-        beta = self.hopfield_beta
-        chunk_size = self._chunk_size(image_states.shape[0], image_memory.shape[0])
-        if chunk_size is None and not local:
-            image_from_images = hopfield_retrieval(image_memory, image_memory, beta)  # U_x
-            text_from_images, image_from_texts = cross_hopfield_retrieval(image_memory, text_memory, beta)  # U_y, V_x
-            text_from_texts = hopfield_retrieval(text_memory, text_memory, beta)  # V_y
-        else:
-            # Four separate calls rather than stacked [x; y] states: each call saves its own inputs
-            # for backward, where a stacked copy would add [2N, d] tensors to the memory peak.
-            image_from_images = hopfield_retrieval(image_states, image_memory, beta, chunk_size)
-            text_from_images = hopfield_retrieval(text_states, image_memory, beta, chunk_size)
-            image_from_texts = hopfield_retrieval(image_states, text_memory, beta, chunk_size)
-            text_from_texts = hopfield_retrieval(text_states, text_memory, beta, chunk_size)
+        Call it only on logging steps: it costs an all-gather without gradient plus O(N²·d) work.
+        With ``world_size > 1`` it is a collective: every rank must call it at the same step (not
+        only the one that logs), and every rank gets the same values.
 
-        offset = 0
-        if local:
-            # Candidates are global: gather the retrieved patterns (with gradient when asked).
-            text_from_images, image_from_texts = self._gather(text_from_images, image_from_texts)
-            offset = self.rank * image.shape[0]
-        loss = (info_loob(image_from_images, text_from_images, inv_tau, offset, chunk_size)
-                + info_loob(text_from_texts, image_from_texts, inv_tau, offset, chunk_size))
-        return loss / inv_tau
+        Args:
+            image_features: [n, d] this rank's image embeddings.
+            text_features: [n, d] this rank's text embeddings.
+        """
+        _check_features(image_features, text_features, self.world_size)
+        with torch.no_grad():
+            image, text = image_features.detach(), text_features.detach()
+            if self.world_size > 1:
+                image, text = self._gather(image, text)
+            return hopfield_diagnostics(image, text, self.hopfield_beta)
 
     def _chunk_size(self, n_states: int, n_memory: int) -> Optional[int]:
         """Rows per chunk for the memory-efficient path, or None for the direct path."""
@@ -378,3 +597,89 @@ class CloobLoss(nn.Module):
         if use_chunks is None:
             use_chunks = n_states * n_memory > CHUNK_ELEMENTS
         return chunk_rows(n_memory) if use_chunks else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics: what the Hopfield step sees in a batch, and the loss of a collapsed model
+
+
+def _mean_attended_patterns(state: torch.Tensor, memory: torch.Tensor, beta: float) -> torch.Tensor:
+    """``mean_i exp(H_i)``, ``H_i = −Σ_j P_ij log P_ij``, ``P = softmax_rows(β S Mᵀ)``, in row blocks."""
+    total = state.new_zeros(())
+    for rows in _chunks(state.shape[0], chunk_rows(memory.shape[0])):
+        log_probs = torch.log_softmax(beta * (state[rows] @ memory.T), dim=1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=1)
+        total += entropy.exp().sum()
+    return total / state.shape[0]
+
+
+def _mean_off_diagonal_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(1 / (n(n−1))) Σ_{i≠j} a_i·b_j`` of two [n, d] tensors in O(n·d):
+    ``(Σ_i a_i)·(Σ_j b_j) − Σ_i a_i·b_i``."""
+    n = a.shape[0]
+    return (a.sum(dim=0) @ b.sum(dim=0) - (a * b).sum()) / (n * (n - 1))
+
+
+@torch.no_grad()
+def hopfield_diagnostics(
+        image_features: torch.Tensor, text_features: torch.Tensor, hopfield_beta: float) -> Dict[str, float]:
+    """Diagnostics of the Hopfield step on one batch, for logging steps (nothing runs otherwise).
+
+    Rows are L2-normalised first (OpenCLIP's features already are); x_i, y_i are the unit image and
+    text embeddings, N the batch. For each of the four retrievals Hop(S, M) of the loss, with
+    ``P = softmax_rows(β S Mᵀ)``, the effective number of attended stored patterns is
+    ``mean_i exp(−Σ_j P_ij log P_ij)``: N for uniform attention (β → 0), 1 when every state
+    attends to one pattern (large β with distinct states = memory). Work O(N²·d) in [rows, N]
+    blocks of at most ``CHUNK_ELEMENTS``, without gradient; one host sync.
+
+    Args:
+        image_features: [N, d] image embeddings X, N ≥ 2.
+        text_features: [N, d] text embeddings Y (row i pairs with image i).
+        hopfield_beta: Hopfield inverse temperature β > 0.
+
+    Returns:
+        ``attended_patterns_image_from_images`` (U_x = Hop(X, X)),
+        ``attended_patterns_text_from_images`` (U_y = Hop(Y, X)),
+        ``attended_patterns_image_from_texts`` (V_x = Hop(X, Y)),
+        ``attended_patterns_text_from_texts`` (V_y = Hop(Y, Y)), each in [1, N];
+        ``mean_cosine_images`` = mean_{i≠j} x_i·x_j and ``mean_cosine_texts`` = mean_{i≠j} y_i·y_j
+        (1 for a collapsed batch); ``positive_minus_negative`` = mean_i x_i·y_i − mean_{i≠j} x_i·y_j
+        (0 when pairs are no more similar than non-pairs).
+    """
+    _check_beta(hopfield_beta)
+    _check_features(image_features, text_features, world_size=1)
+    dtype = torch.promote_types(image_features.dtype, torch.float32)
+    with torch.autocast(device_type=image_features.device.type, enabled=False):
+        x = F.normalize(image_features.to(dtype), dim=-1)
+        y = F.normalize(text_features.to(dtype), dim=-1)
+        values = {
+            "attended_patterns_image_from_images": _mean_attended_patterns(x, x, hopfield_beta),
+            "attended_patterns_text_from_images": _mean_attended_patterns(y, x, hopfield_beta),
+            "attended_patterns_image_from_texts": _mean_attended_patterns(x, y, hopfield_beta),
+            "attended_patterns_text_from_texts": _mean_attended_patterns(y, y, hopfield_beta),
+            "mean_cosine_images": _mean_off_diagonal_dot(x, x),
+            "mean_cosine_texts": _mean_off_diagonal_dot(y, y),
+            "positive_minus_negative": (x * y).sum(dim=1).mean() - _mean_off_diagonal_dot(x, y),
+        }
+    return dict(zip(values, torch.stack(list(values.values())).tolist()))
+
+
+def collapsed_loss(batch_size: int, inv_tau: float, objective: str = "infoloob") -> float:
+    """The loss when every similarity it scores is equal: 2·τ·log(N−1) for InfoLOOB, 2·τ·log N for InfoNCE.
+
+    That is the value of a collapsed model (identical retrievals, e.g. identical embeddings) and
+    near it sits an untrained one whose embeddings are nearly collinear, with or without the
+    Hopfield step (τ · [ℓ + ℓ], each ℓ the log of its number of denominator terms). With
+    ``local_loss`` every rank's value is the same. OpenCLIP's ``ClipLoss`` (no τ, averaged
+    directions) collapses to log N instead.
+
+    Args:
+        batch_size: the global batch N ≥ 2 the loss sees (per rank × world size × accum_freq).
+        inv_tau: inverse temperature 1/τ.
+        objective: ``"infoloob"`` or ``"infonce"``.
+    """
+    _check_objective(objective)
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
+    denominator_terms = batch_size - 1 if _LEAVES_OUT_POSITIVE[objective] else batch_size
+    return 2 * math.log(denominator_terms) / inv_tau

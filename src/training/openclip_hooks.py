@@ -31,8 +31,9 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``create_model_and_transforms``: builds the model with ``init_logit_scale = ln(--init-inv-tau)``
   and freezes ``logit_scale`` unless ``--learnable-inv-tau``, before DDP wraps the model (DDP fails
   on step 2 if a trainable parameter never gets a gradient).
-- ``create_loss``: the ``CloobLoss`` of ``--loss`` (:data:`training.params.LOSSES`) or OpenCLIP's
-  own choice for ``--loss clip``; a resumed checkpoint's loss state is loaded into it.
+- ``create_loss``: the ``CloobLoss`` of a CLOOB-family ``--loss`` (its keywords are the library's
+  ``LOSS_VARIANTS[name]``) or OpenCLIP's own choice for ``--loss clip``; a resumed checkpoint's
+  loss state is loaded into it.
 - ``cosine_lr``: :func:`training.scheduler.cosine_restarts_lr` when ``--restart-cycles`` > 1.
 - ``train_one_epoch``: runs the epoch through :class:`training.reliability.StepLoader` (step
   boundaries: non-finite steps, ``--save-every-n-steps``, preemption signals; resuming inside the
@@ -61,9 +62,9 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
   reads the mid-epoch position of a step checkpoint and the loss state.
 - ``torch.save``: adds CLOOB's entries to OpenCLIP's training checkpoints (the settings as
   ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss_state"]``; layout in
-  :mod:`open_clip_cloob.checkpoint`) and writes every path atomically
-  (:func:`open_clip_cloob.checkpoint.save_torch`), so the checkpoints OpenCLIP writes at epoch ends
-  are never seen truncated.
+  :mod:`open_clip_cloob.checkpoint`) and writes through :func:`training.reliability.atomic_save`, so
+  the checkpoints OpenCLIP writes at epoch ends are never seen truncated and supersede the step
+  checkpoints of earlier epochs.
 - ``open_clip_train.train.get_clip_metrics``: adds the validation loss of a CLOOB-family
   ``--loss`` (``cloob_val_loss`` for ``--loss cloob``) over the ``--val-data`` batches, and
   ``broken_val_samples``, to the metrics ``evaluate()`` logs, writes to ``results.jsonl`` and sends
@@ -89,14 +90,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from open_clip_cloob import CloobLoss
-from open_clip_cloob.checkpoint import LOSS_STATE_KEY, META_KEY, save_torch
+from open_clip_cloob import LOSS_VARIANTS, CloobLoss
+from open_clip_cloob.checkpoint import LOSS_STATE_KEY, META_KEY
 from training import params
 from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
-    ContinuedDraw, EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, load_checkpoint,
-    resampling_seed, sum_over_ranks)
+    ContinuedDraw, EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, atomic_save,
+    load_checkpoint, resampling_seed, sum_over_ranks)
 from training.scheduler import cosine_restarts_lr
 
 
@@ -192,14 +193,14 @@ def create_model_and_transforms(*args: Any, init_inv_tau: Optional[float], learn
 
 
 def build_cloob_loss(args: argparse.Namespace, distributed: bool = True) -> CloobLoss:
-    """The ``CloobLoss`` of ``args.loss`` (an entry of :data:`training.params.LOSSES`) with ``--hopfield-beta``.
+    """The ``CloobLoss`` of ``args.loss`` (the library's ``LOSS_VARIANTS[args.loss]``) with ``--hopfield-beta``.
 
     ``distributed``: with the run's data-parallel settings (training); otherwise for one process
     holding every feature (the validation loss).
     """
     data_parallel = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
                          world_size=args.world_size, use_horovod=args.horovod) if distributed else {}
-    return CloobLoss(hopfield_beta=args.hopfield_beta, **data_parallel, **params.LOSSES[args.loss])
+    return CloobLoss(hopfield_beta=args.hopfield_beta, **data_parallel, **LOSS_VARIANTS[args.loss])
 
 
 def create_loss(args: argparse.Namespace) -> torch.nn.Module:
@@ -370,7 +371,7 @@ class Run:
         """``torch.save``: OpenCLIP's training checkpoints get CLOOB's entries; paths are written atomically."""
         if isinstance(obj, dict) and _OPENCLIP_TRAINING_CHECKPOINT <= obj.keys():
             obj = {**obj, **self.checkpoint_entries()}
-        save_torch(obj, f, *args, **kwargs)
+        atomic_save(obj, f, *args, **kwargs)
 
     def pt_load(self, file_path: str, map_location: Any = None) -> Dict[str, Any]:
         """OpenCLIP's ``pt_load`` (``--resume``), weights_only; keeps the mid-epoch position and loss state."""

@@ -8,29 +8,28 @@ dumps every attribute) records the CLOOB settings too. The CLOOB flags are parse
 depend on other flags are resolved here, once, and written back, so that ``params.txt`` shows the
 values the run used.
 
-Training losses are one table, :data:`LOSSES`: a new variant of the library's ``CloobLoss`` is one
-entry there. This module does not import torch, so ``python -m training.params ARGS`` (the job
+The training losses are :data:`LOSSES`: offering another variant of the library's ``CloobLoss``
+(``open_clip_cloob.LOSS_VARIANTS``) for training is one name there. This module does not import torch, so ``python -m training.params ARGS`` (the job
 scripts' ``DRY_RUN=1``) checks a command line anywhere, quickly.
 """
 import argparse
 import logging
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
-# --loss NAME -> keyword arguments of open_clip_cloob.CloobLoss besides hopfield_beta and the
-# data-parallel ones (training.openclip_hooks.build_cloob_loss adds those); None: OpenCLIP's own
-# create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say). A CLOOB-family
-# entry also brings CLOOB's temperature defaults (fixed 1/τ = 30) and the validation loss
-# "<name>_val_loss"; the first entry is the default of '*-cloob' models.
-LOSSES: Mapping[str, Optional[Mapping[str, Any]]] = {
-    "cloob": {},
-    "clip": None,
-}
+# The --loss choices. A CLOOB-family name is a variant of the library's loss: CloobLoss gets
+# open_clip_cloob.LOSS_VARIANTS[name] as keywords (training.openclip_hooks.build_cloob_loss; this
+# module does not import torch, so it names them only); it brings CLOOB's temperature defaults
+# (fixed 1/τ = 30) and the validation loss "<name>_val_loss". Offering another library variant for
+# training is one name here; the first is the default of '*-cloob' models. OPENCLIP_LOSS is
+# OpenCLIP's own create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say).
+CLOOB_LOSSES = ("cloob",)
+OPENCLIP_LOSS = "clip"
+LOSSES = CLOOB_LOSSES + (OPENCLIP_LOSS,)
 CLOOB_MODEL_SUFFIX = "-cloob"
 COSINE_RESTARTS = "cosine-restarts"
-_DEFAULT_CLOOB_LOSS = next(iter(LOSSES))
 # The paper's Conceptual Captions constants (spec §3).
 DEFAULT_INV_TAU = 30.0
 DEFAULT_HOPFIELD_BETA = 8.0
@@ -44,10 +43,10 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add CLOOB's flags (hyphenated, OpenCLIP style) to ``parser``."""
     group = parser.add_argument_group("CLOOB")
     group.add_argument(
-        "--loss", choices=list(LOSSES), default=None,
+        "--loss", choices=LOSSES, default=None,
         help="Training loss. 'cloob': modern Hopfield retrieval + InfoLOOB. 'clip': whatever OpenCLIP "
              "picks for the other flags (InfoNCE, SigLIP, CoCa, distillation). "
-             f"Default: {_DEFAULT_CLOOB_LOSS} for '*{CLOOB_MODEL_SUFFIX}' models, clip otherwise.")
+             f"Default: {CLOOB_LOSSES[0]} for '*{CLOOB_MODEL_SUFFIX}' models, {OPENCLIP_LOSS} otherwise.")
     group.add_argument(
         "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
         default=DEFAULT_HOPFIELD_BETA,
@@ -81,7 +80,8 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--save-every-n-steps", type=int, default=0, metavar="N",
         help="Also write a checkpoint every N optimizer steps (counted over the whole run), inside "
              "epochs: epoch_latest.pt with --save-most-recent, otherwise epoch_E_step_S.pt (older "
-             "step checkpoints are deleted). --resume latest continues from it at that step. 0: off. "
+             "step checkpoints are deleted, and so is this one once epoch_N.pt, N > E, is written). "
+             "--resume latest continues from it at that step. 0: off. "
              "A SIGUSR1 or SIGTERM always writes one and exits with status 75.")
     group.add_argument(
         "--max-nonfinite-steps", type=int, default=20, metavar="N",
@@ -112,8 +112,8 @@ def is_cloob_model(model_name: str) -> bool:
 
 
 def uses_cloob_loss(args: argparse.Namespace) -> bool:
-    """Whether the run trains with the library's ``CloobLoss`` (any CLOOB-family entry of :data:`LOSSES`)."""
-    return LOSSES[args.loss] is not None
+    """Whether the run trains with the library's ``CloobLoss`` (a name of :data:`CLOOB_LOSSES`)."""
+    return args.loss in CLOOB_LOSSES
 
 
 def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
@@ -124,7 +124,7 @@ def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill the flag-dependent defaults in place and reject contradictory combinations."""
     if args.loss is None:
-        args.loss = _DEFAULT_CLOOB_LOSS if is_cloob_model(args.model) else "clip"
+        args.loss = CLOOB_LOSSES[0] if is_cloob_model(args.model) else OPENCLIP_LOSS
     cloob = uses_cloob_loss(args)
     if cloob:
         # These switch OpenCLIP's create_loss to another objective; silently ignoring them would

@@ -2,6 +2,10 @@
 
 :mod:`training.openclip_hooks` wires these pieces into OpenCLIP's loop without copying it:
 
+- :func:`atomic_save` writes training's checkpoints: through
+  :func:`open_clip_cloob.checkpoint.save_torch` (temporary file, fsync, rename), so a kill during a
+  write never leaves a truncated ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``. Once
+  ``epoch_N.pt`` is written, the step checkpoints of earlier epochs are deleted.
 - :func:`load_checkpoint` is OpenCLIP's ``pt_load`` with :func:`open_clip_cloob.checkpoint.load_torch`
   (``weights_only=True``: a pickle that would run code is refused with
   :class:`~open_clip_cloob.checkpoint.CheckpointError`); :class:`ResumeState` picks up the
@@ -24,6 +28,7 @@ import glob
 import logging
 import os
 import random
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
@@ -39,6 +44,8 @@ LATEST_CHECKPOINT_NAME = "epoch_latest.pt"  # OpenCLIP's name for --save-most-re
 # Natural sort (OpenCLIP's --resume latest) puts epoch_E_step_S.pt after epoch_E.pt, before epoch_E+1.pt.
 STEP_CHECKPOINT_NAME = "epoch_{epoch}_step_{step}.pt"
 STEP_CHECKPOINT_GLOB = "epoch_*_step_*.pt"
+STEP_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)_step_\d+\.pt")
+EPOCH_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt")  # OpenCLIP's checkpoint after N completed epochs
 # sysexits.h EX_TEMPFAIL: "try again later"; job scripts requeue on it.
 PREEMPTED_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -50,6 +57,35 @@ class Preempted(Exception):
 
 class NumericFaultError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+    """Training's ``torch.save``: :func:`~open_clip_cloob.checkpoint.save_torch` (a path is written atomically).
+
+    After an ``epoch_N.pt``, the step checkpoints it supersedes are deleted
+    (:func:`remove_superseded_step_checkpoints`).
+    """
+    save_torch(obj, f, *args, **kwargs)
+    if isinstance(f, (str, os.PathLike)):
+        remove_superseded_step_checkpoints(os.fspath(f))
+
+
+def remove_superseded_step_checkpoints(path: str) -> None:
+    """Once ``epoch_N.pt`` is written at ``path``: delete the step checkpoints of earlier epochs next to it.
+
+    ``epoch_E_step_S.pt`` with E < N is older than ``epoch_N.pt``, which ``--resume latest`` takes
+    instead; left alone, a run preempted in an epoch keeps that file after it finished. Step
+    checkpoints inside epoch N are newer and stay. Any other ``path`` changes nothing.
+    """
+    saved = EPOCH_CHECKPOINT_PATTERN.fullmatch(os.path.basename(path))
+    if saved is None:
+        return
+    folder = os.path.dirname(path) or "."
+    for name in os.listdir(folder):
+        step = STEP_CHECKPOINT_PATTERN.fullmatch(name)
+        if step is not None and int(step.group(1)) < int(saved.group(1)):
+            os.remove(os.path.join(folder, name))
+            logging.info("Removed step checkpoint %s: %s supersedes it", name, os.path.basename(path))
 
 
 @dataclass
@@ -434,7 +470,7 @@ def write_step_checkpoint(checkpoint: Dict[str, Any], args: argparse.Namespace) 
     else:
         name = STEP_CHECKPOINT_NAME.format(epoch=checkpoint["epoch"], step=checkpoint[RESUME_KEY]["step"])
     path = os.path.join(args.checkpoint_path, name)
-    save_torch(checkpoint, path)
+    atomic_save(checkpoint, path)
     # Older step checkpoints, and the remains of writes a kill cut short (only this process writes here).
     stale = glob.glob(os.path.join(args.checkpoint_path, STEP_CHECKPOINT_GLOB))
     stale += glob.glob(os.path.join(args.checkpoint_path, PARTIAL_GLOB))
