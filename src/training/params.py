@@ -9,8 +9,9 @@ depend on other flags are resolved here, once, and written back, so that ``param
 values the run used.
 
 The training losses are :data:`LOSSES`: offering another variant of the library's ``CloobLoss``
-(``open_clip_cloob.LOSS_VARIANTS``) for training is one name there. This module does not import torch, so ``python -m training.params ARGS`` (the job
-scripts' ``DRY_RUN=1``) checks a command line anywhere, quickly.
+(``open_clip_cloob.LOSS_VARIANTS``) for training is one name there. This module does not import
+torch, so ``python -m training.params ARGS`` (the job scripts' ``DRY_RUN=1``) checks a command line
+anywhere, quickly.
 """
 import argparse
 import logging
