@@ -24,8 +24,8 @@ endef
 .PHONY: test test-fast demo bench venv data slurm clean
 
 # torch/torchvision are pinned to the tested pair (pyproject.toml allows torch >=2.3,<=2.14.1);
-# everything else comes from pyproject.toml (requirements.txt repeats its runtime dependencies).
-$(VENV)/.installed: pyproject.toml requirements.txt
+# everything else comes from pyproject.toml: the library and its [test] extra (= train, eval, demo).
+$(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -38,11 +38,11 @@ import open_clip
 import torch
 
 from make_demo_data import build as build_data
-from readme_block import replace_block
-from open_clip_cloob import analysis, benchmark
-from open_clip_cloob.emoji_data import INSTALL_HINT, SKIN_TONES, emoji_available
+from offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
+from offline_data.emoji import INSTALL_HINT, SKIN_TONES, emoji_available
+from open_clip_cloob import analysis, benchmark, cli
 from open_clip_cloob.export import export_model_folder
-from open_clip_cloob.offline_data import FASHION_MNIST_CLASSES, fashion_mnist_dir
+from readme_block import replace_block
 
 _logger = logging.getLogger(__name__)
 
@@ -294,7 +294,10 @@ def readme_block(report: Path, readme: Path, zeroshot_md: str, analysis_md: str,
 def write_report(report: Path, manifest: Mapping[str, Any], runs: Path, zeroshot: Mapping[str, Any],
                  analyses: Mapping[str, Mapping[str, Any]], args: argparse.Namespace) -> Dict[str, Any]:
     """The plots, the two Markdown tables and the results of the run (without timings)."""
-    labelled = {LABELS[loss]: analyses[loss] for loss in LOSSES}
+    # The model folders and data the analysis names, relative to the repository (a committed report
+    # holds no machine's paths).
+    labelled = {LABELS[loss]: {key: repo_relative(value) if key in ("model", "data") else value
+                               for key, value in analyses[loss].items()} for loss in LOSSES}
     curves = {loss: read_loss_curve(runs / f"demo-{loss}" / "out.log", args.batch_size) for loss in LOSSES}
     analysis.plot_spectra(labelled, report / "spectra.png")
     plot_zero_shot(zeroshot, manifest["benchmark"], report / "zeroshot.png")
@@ -310,6 +313,11 @@ def write_report(report: Path, manifest: Mapping[str, Any], runs: Path, zeroshot
         "zeroshot_md": zeroshot_table(zeroshot, manifest["benchmark"]),
         "analysis_md": analysis.format_table(labelled),
     }
+
+
+def repo_relative(text: str) -> str:
+    """``text`` with every path inside the repository made relative to it (``local-dir:`` prefixes stay)."""
+    return text.replace(f"{REPO}{os.sep}", "")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -384,4 +392,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s | %(message)s", datefmt="%H:%M:%S")
     for name in (__name__, "open_clip_cloob"):
         logging.getLogger(name).setLevel(logging.INFO)
-    main()
+    sys.exit(cli.run(main, "scripts/demo.py", console_logging=False))

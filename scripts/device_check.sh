@@ -46,7 +46,7 @@ mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
 if [ -n "$CARRY" ] && [ -d "$CARRY" ]; then CARRY=$(cd "$CARRY" && pwd); fi  # before the cd below
 rm -f "$OUT_DIR"/{summary.md,parts.json,parts.tsv,loss.json,train.json,device_check.log}
 cd "$REPO"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO/src:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
 
 SUMMARY_RESERVE=15  # seconds kept for the summary
 FAILED=()
@@ -128,9 +128,9 @@ check() {
     run_part environment 90 bash -c '
       if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
       "$0" -c "
-import sys, torch, open_clip, open_clip_train.main, webdataset, open_clip_cloob.offline_data, training.main
+import sys, torch, open_clip, open_clip_train.main, webdataset, offline_data, training.main
 print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"CUDA\", torch.version.cuda,
-      \"open_clip\", open_clip.__version__, \"FASHION_MNIST_DIR\", open_clip_cloob.offline_data.fashion_mnist_dir())
+      \"open_clip\", open_clip.__version__, \"FASHION_MNIST_DIR\", offline_data.fashion_mnist_dir())
 if not torch.cuda.is_available():
     sys.exit(\"no CUDA device: the CUDA tests would only be skipped\")
 print(\"GPU:\", torch.cuda.get_device_name(0))

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from open_clip_cloob.emoji_data import SKIN_TONES, load_emoji_list, render_emoji, skin_tone
-from open_clip_cloob.offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist,
-                                          make_captions, write_clip_benchmark_set, write_webdataset_shards)
+from offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
+                          write_clip_benchmark_set, write_webdataset_shards)
+from offline_data.emoji import SKIN_TONES, load_emoji_list, render_emoji, skin_tone
 
 MANIFEST_NAME = "manifest.json"
 # Zero-shot prompts for the skin-tone classes; training captions end in ": <tone>".

@@ -7,7 +7,7 @@ as an OpenCLIP CSV with PNG files or as webdataset tar shards (.png/.txt/.cls):
     python scripts/make_fashion_mnist_data.py --out data/fmnist-train --split train --num-samples 12800
     python scripts/make_fashion_mnist_data.py --out data/fmnist-wds --format webdataset --num-samples 4096
 
-See :mod:`open_clip_cloob.offline_data` for the layouts.
+See :mod:`offline_data.writers` for the layouts.
 """
 import argparse
 import logging
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from open_clip_cloob.offline_data import DATASET_FORMATS, write_fashion_mnist_dataset
+from offline_data import DATASET_FORMATS, write_fashion_mnist_dataset
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

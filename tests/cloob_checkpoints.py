@@ -100,18 +100,18 @@ def tiny_model_dir(root: Path) -> str:
 
 def training_checkpoint(model: torch.nn.Module, settings: Optional[Dict]) -> Dict:
     """What ``training.main`` saves under DDP: OpenCLIP's dict (``module.`` keys, optimizer, scaler)
-    with the CLOOB settings inside the optimizer state (``optimizer["cloob"]``), unless ``settings`` is None."""
-    optimizer = stepped_adamw(model).state_dict()
-    if settings is not None:
-        optimizer["cloob"] = dict(settings)
-    return {
+    with the CLOOB settings as the top-level entry ``"cloob"``, unless ``settings`` is None."""
+    checkpoint = {
         "epoch": 3,
         "name": "tiny-cloob",
         "state_dict": {f"module.{key}": value.clone() for key, value in model.state_dict().items()},
-        "optimizer": optimizer,
+        "optimizer": stepped_adamw(model).state_dict(),
         "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
                    "_growth_tracker": 0},
     }
+    if settings is not None:
+        checkpoint["cloob"] = dict(settings)
+    return checkpoint
 
 
 def encode(model: torch.nn.Module, image_size: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 import training_process
-from open_clip_cloob.offline_data import fashion_mnist_dir, load_fashion_mnist, write_fashion_mnist_dataset
+from offline_data import fashion_mnist_dir, load_fashion_mnist, write_fashion_mnist_dataset
 
 TESTS_DIR = Path(__file__).parent
 TINY_MODEL = "tiny-test-vit-cloob"

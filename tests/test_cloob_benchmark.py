@@ -11,8 +11,8 @@ import pytest
 from cloob_checkpoints import CLOOB_SETTINGS, random_model, tiny_model_dir, training_checkpoint
 from open_clip_cloob import benchmark
 from open_clip_cloob.export import export_model_folder
-from open_clip_cloob.offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist,
-                                          make_captions, write_clip_benchmark_set)
+from offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
+                          write_clip_benchmark_set)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_SCRIPT = REPO / "scripts" / "zeroshot_paper.sh"

@@ -11,8 +11,8 @@ import torch
 from cloob_checkpoints import (CLOOB_SETTINGS, TINY_MODEL_CFG, encode, original_checkpoint, random_model,
                                tiny_model_dir, training_checkpoint)
 from open_clip_cloob import export
-from open_clip_cloob.convert import load_checkpoint_file
-from open_clip_cloob.offline_data import write_fashion_mnist_dataset
+from open_clip_cloob.checkpoint import load_checkpoint_file
+from offline_data import write_fashion_mnist_dataset
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,16 @@ def test_original_checkpoint_exports(tmp_path, tiny_name):
     card = (folder / "README.md").read_text()
     assert "| Hopfield inverse temperature β (training loss only) | 14.3 |" in card
     assert "from `cloob_tiny_epoch_28.pt`" in card and "| source layout | original |" in card
+
+
+def test_a_clip_run_exports_as_clip(tmp_path, tiny_name):
+    settings = {**CLOOB_SETTINGS, "loss": "clip", "init_inv_tau": None, "learnable_inv_tau": True}
+    folder = export.export_model_folder(training_checkpoint(random_model(tiny_name), settings), tmp_path / "clip",
+                                        tiny_name)
+    card = (folder / "README.md").read_text()
+    assert f"# {tiny_name} (CLIP)" in card and "A CLIP model trained with OpenCLIP's own objective" in card
+    assert "CLOOB model" not in card and "Hopfield" not in card and "- cloob" not in card
+    assert "| loss | clip |" in card
 
 
 def _train(module, model, train_csv, logs, *extra):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from open_clip_cloob.analysis import METRICS
-from open_clip_cloob.emoji_data import INSTALL_HINT, emoji_available
+from offline_data.emoji import INSTALL_HINT, emoji_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "scripts" / "demo.py"
@@ -110,6 +110,12 @@ def test_readme_block_is_regenerated(smoke_run):
             assert line in report  # the same tables as the report
 
 
+def test_results_name_paths_inside_the_repository_relative_to_it():
+    demo = _demo_module()
+    assert demo.repo_relative(f"local-dir:{REPO}/demo-out/models/demo-clip") == "local-dir:demo-out/models/demo-clip"
+    assert demo.repo_relative("/tmp/work/data") == "/tmp/work/data"
+
+
 def test_readme_without_markers_is_left_alone(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
@@ -126,6 +132,7 @@ def test_committed_readme_block_is_the_committed_report():
     results = json.loads((REPO / "docs" / "demo" / "results.json").read_text())
     rows = [line for line in block.splitlines() if line.startswith("| ")]
     assert len(rows) >= 10 and all(line in report for line in rows)
+    assert "local-dir:/" not in json.dumps(results)  # the committed report names no machine's paths
     settings = results["settings"]
     assert (f"on {settings['date']} ({settings['steps']} steps, {settings['device']}, "
             f"{results['timings_s']['total'] / 60:.1f} min in all") in block

@@ -59,6 +59,7 @@ def test_signals_save_the_current_step_and_resume_matches_an_uninterrupted_run(
     _signal_mid_epoch(argv, log, out_log, 0, signal.SIGTERM)
     first_stop = _step_checkpoint(checkpoints, 0)
     assert first_stop["epoch"] == 0 and 5 <= first_stop[RESUME_KEY]["step"] < STEPS_PER_EPOCH
+    assert first_stop["cloob"]["loss"] == "cloob"  # the run's settings, in step checkpoints too
     _signal_mid_epoch([*argv, "--resume", "latest"], log, out_log, 1, signal.SIGUSR1)
     second_stop = _step_checkpoint(checkpoints, 1)
     assert second_stop["epoch"] == 1 and 5 <= second_stop[RESUME_KEY]["step"] < STEPS_PER_EPOCH
@@ -98,8 +99,8 @@ def test_kill_9_during_a_checkpoint_write_leaves_a_complete_latest_checkpoint(
     argv = _argv(tmp_path, "killed", fashion_mnist_data, "--epochs", "1", "--save-most-recent",
                  "--save-every-n-steps", "1")
     checkpoints, log = tmp_path / "killed" / "checkpoints", tmp_path / "killed.stdout"
-    partial = checkpoints / ".epoch_latest.pt.partial"
     process = launch(argv, log)
+    partial = checkpoints / f".epoch_latest.pt.{process.pid}.partial"
     try:
         _freeze_while_writing(process, partial, checkpoints / "epoch_latest.pt", log)
         process.kill()

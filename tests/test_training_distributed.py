@@ -70,4 +70,4 @@ def test_simulated_slurm_launch_trains_on_two_tasks_with_a_learnable_temperature
     assert "Train Epoch: 0 [512/512 (100%)]" in log
     checkpoint = torch.load(slurm_run / "slurm" / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
     assert checkpoint["state_dict"]["module.logit_scale"].item() != pytest.approx(math.log(30.0))
-    assert checkpoint["optimizer"]["cloob"]["learnable_inv_tau"] is True
+    assert checkpoint["cloob"]["learnable_inv_tau"] is True

@@ -1,4 +1,5 @@
 """The hooks into OpenCLIP still fit the installed version: fail loudly instead of training CLIP."""
+import builtins
 import importlib
 import inspect
 import signal
@@ -30,8 +31,8 @@ def _resolve(dotted: str):
 
 
 def _parameters(obj) -> list:
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    return [name for name in inspect.signature(target).parameters if name != "self"]
+    # A class's signature is its constructor's (without self); builtins such as enumerate have one too.
+    return [name for name in inspect.signature(obj).parameters if name != "self"]
 
 
 def _relies_on(obj, expected) -> bool:
@@ -41,7 +42,8 @@ def _relies_on(obj, expected) -> bool:
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda hook: f"{hook.module}.{hook.name}")
 def test_hooked_name_exists_with_expected_signature_and_is_looked_up_by_its_caller(hook):
-    upstream = getattr(importlib.import_module(hook.module), hook.name)
+    module = importlib.import_module(hook.module)
+    upstream = getattr(module, hook.name) if hasattr(module, hook.name) else getattr(builtins, hook.name)
     assert _relies_on(upstream, hook.params), (hook, _parameters(upstream))
     caller = _resolve(hook.caller)
     # A name replaced in a module's globals only takes effect if the caller still looks it up at
@@ -70,7 +72,9 @@ def hooked_modules():
     handlers = {signum: signal.getsignal(signum) for signum in PREEMPTION_SIGNALS}
     yield modules, before
     for name, module in modules.items():
-        vars(module).update(before[name])  # the hooks only rebind existing names
+        for added in vars(module).keys() - before[name].keys():  # a hooked builtin (enumerate)
+            delattr(module, added)
+        vars(module).update(before[name])
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
 
@@ -93,3 +97,11 @@ def test_webdataset_checks_replace_the_listed_names_while_building_only(hooked_m
         assert _rebound(modules, before) == {("open_clip_train.data", name) for name in WHILE_BUILDING_WEBDATASET}
     assert _rebound(modules, before) == set()
     assert len(WHILE_BUILDING_WEBDATASET) == 3
+
+
+def test_openclip_works_on_the_one_run_configuration(hooked_modules):
+    modules, _ = hooked_modules
+    args = parse_args(["--model", "RN50-cloob", "--train-data", "train.csv"])
+    run = install_hooks(args)
+    # OpenCLIP's main() gets the namespace training.main parsed, not a second parse of argv.
+    assert run.args is args and modules["open_clip_train.main"].parse_args(["--model", "RN50"]) is args

@@ -1,12 +1,15 @@
 """training.main's command line and the hook functions, in process (no training loop)."""
+import inspect
 import math
 
 import pytest
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from open_clip_cloob import CloobLoss, cloob_loss
-from training.openclip_hooks import cloob_val_loss, create_loss, create_model_and_transforms
+from open_clip_cloob import LOSS_VARIANTS, CloobLoss, cloob_loss, list_cloob_models
+from open_clip_cloob.registry import CLOOB_SUFFIX
+from training import params
+from training.openclip_hooks import create_loss, create_model_and_transforms, validation_loss
 from training.params import cloob_settings, parse_args
 
 DATA = ["--train-data", "train.csv"]
@@ -22,6 +25,14 @@ def test_cloob_models_default_to_the_papers_cloob_settings():
         "loss": "cloob", "hopfield_beta": 8.0, "init_inv_tau": 30.0, "learnable_inv_tau": False,
         "restart_cycles": 1}
     assert args.lr_scheduler == "cosine" and args.batch_size == 64  # OpenCLIP's own flags still parse
+
+
+def test_the_torch_free_parser_agrees_with_the_library():
+    # training.params must not import the library (torch): its two constants restate the library's.
+    assert params.CLOOB_MODEL_SUFFIX == CLOOB_SUFFIX
+    assert all(params.is_cloob_model(name) for name in list_cloob_models())
+    assert params.DEFAULT_HOPFIELD_BETA == inspect.signature(CloobLoss).parameters["hopfield_beta"].default
+    assert set(params.CLOOB_LOSSES) <= set(LOSS_VARIANTS)  # build_cloob_loss looks them up there
 
 
 def test_other_models_keep_openclips_loss_and_learnable_temperature():
@@ -102,10 +113,11 @@ def test_validation_loss_averages_the_loss_of_each_validation_batch():
     images = torch.nn.functional.normalize(torch.randn(10, 8), dim=-1)
     texts = torch.nn.functional.normalize(images + 0.5 * torch.randn(10, 8), dim=-1)
     inv_tau = torch.tensor(30.0)
+    loss = CloobLoss(hopfield_beta=8.0)
     # Batches of 4: [0:4], [4:8], [8:10].
     expected = (4 * cloob_loss(images[:4], texts[:4], inv_tau, 8.0) + 4 * cloob_loss(images[4:8], texts[4:8], inv_tau, 8.0)
                 + 2 * cloob_loss(images[8:], texts[8:], inv_tau, 8.0)) / 10
-    assert cloob_val_loss(images, texts, inv_tau, 8.0, batch_size=4) == pytest.approx(expected.item(), rel=1e-6)
+    assert validation_loss(loss, images, texts, inv_tau, batch_size=4) == pytest.approx(expected.item(), rel=1e-6)
     # A trailing single row has no negative and is left out.
-    assert cloob_val_loss(images[:9], texts[:9], inv_tau, 8.0, batch_size=4) == pytest.approx(
-        cloob_val_loss(images[:8], texts[:8], inv_tau, 8.0, batch_size=4), rel=1e-6)
+    assert validation_loss(loss, images[:9], texts[:9], inv_tau, batch_size=4) == pytest.approx(
+        validation_loss(loss, images[:8], texts[:8], inv_tau, batch_size=4), rel=1e-6)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from open_clip_cloob.offline_data import load_fashion_mnist, write_csv_dataset
+from offline_data import load_fashion_mnist, write_csv_dataset
 
 REPO = Path(__file__).parent.parent
 SCRIPTS = REPO / "scripts"

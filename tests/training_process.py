@@ -22,7 +22,9 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 # The suite's one fork server (test_distributed_loss's workers come from it too) imports these once.
 # It holds no threads, so forking it is safe. Python 3.11's fork server ignores the parent's
 # sys.path: only modules that site-packages or PYTHONPATH reach can be preloaded.
-FORKSERVER_PRELOAD = ["pytest", "training.main"]
+# training.main imports OpenCLIP's training code and its hooks when it runs (a missing [train] extra
+# is then a one-line error), so those are preloaded by name.
+FORKSERVER_PRELOAD = ["pytest", "training.main", "training.openclip_hooks"]
 _CONTEXT.set_forkserver_preload(FORKSERVER_PRELOAD)
 
 

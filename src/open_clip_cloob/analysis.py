@@ -23,7 +23,8 @@ Command line: embed an image-text set with a model and write a table, ``analysis
 
 ``--data`` takes what OpenCLIP's training takes: a CSV with image paths and captions (OpenCLIP's
 ``--csv-*`` flags) or a webdataset shard spec (``{key}.png|jpg|jpeg|webp`` + ``{key}.txt``).
-matplotlib is needed for the plots only and imported when they are drawn.
+The measures need only the library; reading data needs OpenCLIP's data pipeline (the ``[train]``
+extra) and plots need matplotlib (the ``[demo]`` extra), each imported when used.
 """
 import argparse
 import itertools
@@ -31,13 +32,14 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import open_clip
 import torch
 
-from .convert import setup_cli_logging
+from . import cli
 
 _logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ MODALITIES = ("image", "text")
 RESULTS_NAME = "analysis.json"
 SPECTRUM_PLOT_NAME = "spectrum.png"
 SPECTRUM_PLOT_FLOOR = 1e-7
+_READING_DATA = "reading image-text data needs OpenCLIP's data pipeline"
 
 # Rows of the table: result key -> label. Arrows mark the direction usually read as better: closer
 # pairs, points spread more evenly, more directions in use.
@@ -187,14 +190,9 @@ def plot_spectra(results: Mapping[str, Mapping[str, Any]], path: Union[str, os.P
     One panel per modality, one line per label (e.g. one per model); the legend gives the effective
     rank. Writes a PNG to ``path`` and returns it.
     """
-    try:
-        # A bare Figure renders to files without pyplot: no display needed, and the caller's
-        # pyplot backend and open figures are left alone.
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError(f"plots need matplotlib (pip install matplotlib): {error}") from error
-
-    figure = Figure(figsize=(10, 4))
+    # A bare Figure renders to files without pyplot: no display needed, and the caller's pyplot
+    # backend and open figures are left alone.
+    figure = cli.require("matplotlib.figure", extra="demo", purpose="plots need matplotlib").Figure(figsize=(10, 4))
     axes = figure.subplots(1, len(MODALITIES), sharey=True)
     for axis, modality in zip(axes, MODALITIES):
         for label, result in results.items():
@@ -243,9 +241,8 @@ def image_text_loader(
     if dataset_type == "auto":
         dataset_type = "csv" if Path(data).suffix in (".csv", ".tsv") else "webdataset"
     if dataset_type == "csv":
-        from open_clip_train.data import CsvDataset
-
-        dataset = CsvDataset(data, preprocess, csv_img_key, csv_caption_key, sep=csv_separator, tokenizer=tokenizer)
+        dataset = _openclip_data().CsvDataset(data, preprocess, csv_img_key, csv_caption_key, sep=csv_separator,
+                                              tokenizer=tokenizer)
         if num_samples is not None:
             dataset = torch.utils.data.Subset(dataset, range(min(num_samples, len(dataset))))
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
@@ -258,13 +255,12 @@ def _webdataset_batches(spec: str, preprocess: Callable, tokenizer: Callable, ba
                         num_samples: Optional[int]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     # OpenCLIP's evaluation pipeline (open_clip_train.data.get_wds_dataset with is_train=False)
     # minus its dependence on the training arguments: no shuffling, every sample once.
-    import webdataset as wds
-    from open_clip_train.data import expand_urls, filter_no_caption_or_no_image
-
+    openclip_data = _openclip_data()
+    wds = cli.require("webdataset", extra="train", purpose=_READING_DATA)
     pipeline = wds.DataPipeline(
-        wds.SimpleShardList(expand_urls(spec)[0]),
+        wds.SimpleShardList(openclip_data.expand_urls(spec)[0]),
         wds.tarfile_to_samples(),
-        wds.select(filter_no_caption_or_no_image),
+        wds.select(openclip_data.filter_no_caption_or_no_image),
         wds.decode("pilrgb"),
         wds.rename(image="jpg;png;jpeg;webp", text="txt"),
         wds.map_dict(image=preprocess, text=lambda text: tokenizer(text)[0]),
@@ -274,6 +270,11 @@ def _webdataset_batches(spec: str, preprocess: Callable, tokenizer: Callable, ba
     while batch := list(itertools.islice(samples, batch_size)):
         images, texts = zip(*batch)
         yield torch.stack(images), torch.stack(texts)
+
+
+def _openclip_data() -> Any:
+    """OpenCLIP's data module (CSV and webdataset readers), which needs the ``[train]`` extra."""
+    return cli.require("open_clip_train.data", extra="train", purpose=_READING_DATA)
 
 
 @torch.no_grad()
@@ -359,5 +360,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    setup_cli_logging()
-    main()
+    sys.exit(cli.run(main, "python -m open_clip_cloob.analysis"))

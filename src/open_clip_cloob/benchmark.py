@@ -12,30 +12,29 @@ and the ``yfcc15m`` tags in OpenCLIP before CLIP_benchmark loads a model, so ``-
 --pretrained yfcc15m|PATH`` resolve. Exported folders (``--model local-dir:DIR``) need no
 registration and work with the unchanged console script too.
 
-CLIP_benchmark is imported only here, when the command runs: the library itself does not need it.
+CLIP_benchmark is imported only here, when the command runs: it comes with the ``[eval]`` extra
+(``pip install 'open_clip_cloob[eval]'``), the library itself does not need it.
 """
 import sys
 from typing import Optional, Sequence
 
+from . import cli
+
+PROG = "python -m open_clip_cloob.benchmark"
+
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run CLIP_benchmark's CLI on ``argv`` (default: ``sys.argv[1:]``)."""
-    try:
-        from clip_benchmark import cli
-    except ImportError as error:
-        raise SystemExit(
-            f"python -m open_clip_cloob.benchmark needs CLIP_benchmark: pip install clip-benchmark==1.6.2 requests "
-            f"({error})"
-        ) from error
+    clip_benchmark_cli = cli.require("clip_benchmark.cli", extra="eval", purpose=f"{PROG} runs CLIP_benchmark")
     saved_argv = sys.argv
     if argv is not None:
         # CLIP_benchmark's parser reads sys.argv itself and takes no argument list.
         sys.argv = [saved_argv[0], *argv]
     try:
-        cli.main()
+        clip_benchmark_cli.main()
     finally:
         sys.argv = saved_argv
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, PROG))

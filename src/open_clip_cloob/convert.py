@@ -11,15 +11,17 @@ Understood inputs (a path or an already loaded dict):
   ``optimizer``, ``scaler``; keys prefixed ``module.`` under DDP), bare state dicts and the files
   this module writes (``.safetensors`` or ``.pt``).
 
-CLOOB metadata and hyperparameters (``hopfield_beta``, ``init_inv_tau``, ...; JSON scalars) are read
-from a ``cloob`` dict, at the top level (converted files) or inside the optimizer state (where
-``training.main`` records its settings); they are passed on in ``meta`` and written into converted files.
+CLOOB metadata and settings (``hopfield_beta``, ``init_inv_tau``, ...; JSON scalars) come from the
+checkpoint's ``cloob`` entry (:func:`open_clip_cloob.checkpoint.cloob_metadata`, which also reads
+the optimizer-state entry of checkpoints written by earlier versions); they are passed on in ``meta``
+and written into converted files. The file layouts are documented in :mod:`open_clip_cloob.checkpoint`.
 
 Loading never executes pickled code (``torch.load(weights_only=True)``). Anything not understood is
-refused with an error naming the file and the key. The architecture is detected by comparing every
-key and shape with the CLOOB model configs, instantiated on PyTorch's ``meta`` device (no memory,
-no initialisation cost); ``model_name`` restricts the comparison to one OpenCLIP model name
-(registered names and ``local-dir:`` folders both work).
+refused with :class:`~open_clip_cloob.checkpoint.CheckpointError` naming the file and the key.
+The architecture is detected by comparing every key and shape with the CLOOB model configs,
+instantiated on PyTorch's ``meta`` device (no memory, no initialisation cost); ``model_name``
+restricts the comparison to one OpenCLIP model name (registered names and ``local-dir:`` folders
+both work).
 
 Command line (writes ``.safetensors``, or a ``{"state_dict", "cloob"}`` torch file for other
 suffixes; either loads with ``open_clip.create_model('RN50-cloob', pretrained=DST)``)::
@@ -29,35 +31,27 @@ suffixes; either loads with ``open_clip.create_model('RN50-cloob', pretrained=DS
 import argparse
 import contextlib
 import functools
-import json
 import logging
 import math
 import os
-import pickle
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import open_clip
 from open_clip.constants import HF_CONFIG_NAME
 from open_clip.factory import LOCAL_DIR_PREFIX
-import safetensors
-import safetensors.torch
 import torch
 
-from .registry import CLOOB_SUFFIX, list_cloob_models
+from . import cli
+from .checkpoint import (KNOWN_TOP_LEVEL_KEYS, META_KEY, CheckpointError, cloob_metadata, is_json_scalar,
+                         load_checkpoint_file, save_converted)
+from .registry import CLOOB_SUFFIX, add_model_configs, list_cloob_models
 
 _logger = logging.getLogger(__name__)
 
 StateDict = Dict[str, torch.Tensor]
 PathOrDict = Union[str, os.PathLike, Mapping[str, Any]]
-
-META_KEY = "cloob"
-"""Checkpoint entry (and safetensors metadata field) holding CLOOB metadata and hyperparameters."""
-
-# Top-level entries a checkpoint may have besides the weights. Their values are metadata (or
-# training state we drop); anything else is refused rather than silently lost.
-KNOWN_TOP_LEVEL_KEYS = ("state_dict", "epoch", "name", "optimizer", "scheduler", "scaler", "model_config_file",
-                        "method", META_KEY)
 
 # The original text tower is a module called `transformer` holding its own `transformer`; OpenCLIP
 # keeps the text tower's parts at the top level of `CLIP`.
@@ -74,48 +68,6 @@ _ORIGINAL_KEY_RENAMES = {
 }
 ORIGINAL_HOPFIELD_KEY = "logit_scale_hopfield"  # log β; a loss constant, not a model parameter
 _MODULE_PREFIX = "module."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file and the offending key."""
-
-
-def load_checkpoint_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """Read a checkpoint without executing pickled code.
-
-    ``.safetensors`` files come back as ``{"state_dict": tensors}`` plus ``{"cloob": meta}`` when
-    their metadata has it; anything else goes through ``torch.load(weights_only=True)``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # weights_only refuses any object that is not a tensor or a plain container: that is the
-        # point (a downloaded file must not run code), so say so instead of suggesting a bypass.
-        raise CheckpointError(
-            f"{path}: refusing to load objects other than tensors and plain Python values "
-            f"(torch.load weights_only=True): {str(error).splitlines()[0]}"
-        ) from error
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(
-            f"{path}: expected a dict (a checkpoint or a state dict), got {type(checkpoint).__name__}")
-    return checkpoint
-
-
-def _load_safetensors(path: Path) -> Dict[str, Any]:
-    checkpoint: Dict[str, Any] = {"state_dict": safetensors.torch.load_file(str(path), device="cpu")}
-    with safetensors.safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if META_KEY in metadata:
-        try:
-            checkpoint[META_KEY] = json.loads(metadata[META_KEY])
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{path}: metadata field {META_KEY!r} is not valid JSON: {error}") from error
-    return checkpoint
 
 
 def convert_cloob_checkpoint(
@@ -174,35 +126,12 @@ def _split_checkpoint(checkpoint: Dict[str, Any], source: str) -> Tuple[Dict[str
         )
     extras = {key: value for key, value in checkpoint.items() if key != "state_dict"}
     for key in ("epoch", "name", "model_config_file", "method"):
-        if key in extras and not _is_json_scalar(extras[key]):
+        if key in extras and not is_json_scalar(extras[key]):
             raise CheckpointError(f"{source}: top-level {key!r} = {extras[key]!r} is not a plain number or string")
-    extras[META_KEY] = _hyperparameters(extras, source)
+    extras[META_KEY] = cloob_metadata(checkpoint, source)
     if not isinstance(checkpoint["state_dict"], Mapping):
         raise CheckpointError(f"{source}: 'state_dict' is a {type(checkpoint['state_dict']).__name__}, not a dict")
     return _check_tensors(checkpoint["state_dict"], source), extras
-
-
-def _hyperparameters(extras: Mapping[str, Any], source: str) -> Dict[str, Any]:
-    """The CLOOB entries of a checkpoint, from ``optimizer["cloob"]`` and the top-level ``cloob``.
-
-    ``training.main`` stores its CLOOB settings inside the optimizer's state dict (the only object
-    in OpenCLIP's checkpoint it controls); converted files store them at the top level.
-    """
-    optimizer = extras.get("optimizer")
-    optimizer_entry = optimizer.get(META_KEY) if isinstance(optimizer, Mapping) else None
-    found: Dict[str, Any] = {}
-    for where, entry in ((f"optimizer[{META_KEY!r}]", optimizer_entry), (META_KEY, extras.get(META_KEY))):
-        if entry is None:
-            continue
-        if not isinstance(entry, Mapping):
-            raise CheckpointError(f"{source}: {where} must be a dict of hyperparameters, got {type(entry).__name__}")
-        for key, value in entry.items():
-            # They go into safetensors metadata (JSON) and the model card: plain values only.
-            if not isinstance(key, str) or not _is_json_scalar(value):
-                raise CheckpointError(
-                    f"{source}: {where}[{key!r}] = {value!r} is not a plain number, string, bool or None")
-        found.update(entry)
-    return found
 
 
 def _check_tensors(state_dict: Mapping[str, Any], source: str) -> Dict[str, torch.Tensor]:
@@ -212,10 +141,6 @@ def _check_tensors(state_dict: Mapping[str, Any], source: str) -> Dict[str, torc
     if not state_dict:
         raise CheckpointError(f"{source}: the state dict is empty")
     return dict(state_dict)
-
-
-def _is_json_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
 
 
 def _strip_module_prefix(state_dict: StateDict) -> StateDict:
@@ -338,25 +263,6 @@ def _without_random_init_warning() -> Iterator[None]:
         logging.getLogger().removeFilter(log_filter)
 
 
-def save_converted(state_dict: StateDict, meta: Mapping[str, Any], path: Union[str, os.PathLike]) -> Path:
-    """Write a converted state dict with its metadata, atomically (a crash leaves no half-written file).
-
-    ``.safetensors``: tensors plus ``meta`` as JSON in the metadata field ``cloob``; any other
-    suffix: ``torch.save({"state_dict": ..., "cloob": meta})``. Both load with OpenCLIP's
-    ``pretrained=`` and back through :func:`convert_cloob_checkpoint`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # per process: ranks may convert at once
-    if path.suffix == ".safetensors":
-        tensors = {key: value.contiguous() for key, value in state_dict.items()}
-        safetensors.torch.save_file(tensors, str(partial), metadata={"format": "pt", META_KEY: json.dumps(dict(meta))})
-    else:
-        torch.save({"state_dict": state_dict, META_KEY: dict(meta)}, partial)
-    os.replace(partial, path)
-    return path
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The converter's command line (``src dst [--model NAME]``)."""
     parser = argparse.ArgumentParser(
@@ -366,16 +272,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("src", help="checkpoint to convert (.pt/.pth/.bin or .safetensors)")
     parser.add_argument("dst", help="output file: .safetensors (recommended) or a torch file (.pt)")
+    add_model_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--add-model-config``, the model flags of the converter and the exporter."""
     parser.add_argument(
         "--model", default=None,
         help=f"OpenCLIP model name the weights must fit (default: detected among {', '.join(list_cloob_models())})",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--add-model-config", action="append", default=[], metavar="PATH",
+        help="model config JSON file or folder to register first, for a --model that is neither a CLOOB "
+             "config nor built into OpenCLIP (repeatable)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Command-line entry point; returns the metadata of the converted checkpoint."""
     args = parse_args(argv)
+    add_model_configs(args.add_model_config)
     state_dict, meta = convert_cloob_checkpoint(args.src, model_name=args.model)
     save_converted(state_dict, meta, args.dst)
     _logger.info("wrote %s (%s, inv_tau %.4g, hopfield_beta %s)", args.dst, meta["model"], meta["inv_tau"],
@@ -383,14 +299,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return meta
 
 
-def setup_cli_logging() -> None:
-    """Our INFO messages on the console; OpenCLIP's (root logger) only from WARNING up."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # "__main__" is the logger name of a module run with python -m.
-    for name in ("open_clip_cloob", "__main__"):
-        logging.getLogger(name).setLevel(logging.INFO)
-
-
 if __name__ == "__main__":
-    setup_cli_logging()
-    main()
+    sys.exit(cli.run(main, "python -m open_clip_cloob.convert"))

@@ -3,6 +3,7 @@
 ::
 
     python -m open_clip_cloob.export CKPT --model RN50-cloob --out DIR
+    python -m open_clip_cloob.export CKPT --add-model-config my-vit.json --model my-vit --out DIR
 
 ``CKPT`` is one of our training checkpoints, a converted file or an original checkpoint of the
 authors (anything :func:`open_clip_cloob.convert.convert_cloob_checkpoint` reads). ``DIR`` receives
@@ -10,7 +11,8 @@ authors (anything :func:`open_clip_cloob.convert.convert_cloob_checkpoint` reads
 - ``open_clip_config.json``: ``{"model_cfg": ..., "preprocess_cfg": ...}`` written by OpenCLIP's
   own ``save_config_for_hf``;
 - ``open_clip_model.safetensors``: the weights, with the CLOOB metadata in the safetensors header;
-- ``README.md``: a short model card listing the CLOOB hyperparameters.
+- ``README.md``: a short model card: CLOOB or CLIP (by the checkpoint's recorded ``loss``), how to
+  load it, the recorded settings.
 
 Unchanged OpenCLIP tools then load the folder: ``open_clip.create_model('local-dir:DIR')``,
 ``python -m open_clip_train.main --model local-dir:DIR``, ``clip_benchmark eval --model local-dir:DIR``;
@@ -20,6 +22,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -27,8 +30,10 @@ import open_clip
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
 from open_clip.push_to_hf_hub import save_config_for_hf
 
-from .convert import PathOrDict, convert_cloob_checkpoint, meta_model, save_converted, setup_cli_logging
-from .registry import list_cloob_models
+from . import cli
+from .checkpoint import save_converted
+from .convert import PathOrDict, add_model_arguments, convert_cloob_checkpoint, meta_model
+from .registry import add_model_configs
 
 _logger = logging.getLogger(__name__)
 
@@ -75,23 +80,34 @@ def export_model_folder(
 
 
 def model_card(meta: Mapping[str, Any], out_dir: Path, source: Optional[Union[str, os.PathLike]] = None) -> str:
-    """A short Markdown model card: what the model is, how to load it, its CLOOB hyperparameters."""
-    rows = [(label, meta.get(key)) for key, label in _CARD_ROWS]
+    """A short Markdown model card: what the model is, how to load it, the settings it was trained with.
+
+    A checkpoint trained with ``--loss clip`` (OpenCLIP's objective) is a CLIP model and its card
+    says so, without the Hopfield β (unused by that run); any other checkpoint is a CLOOB model.
+    """
+    clip = meta.get("loss") == "clip"
+    rows = [(label, meta.get(key)) for key, label in _CARD_ROWS if not (clip and key == "hopfield_beta")]
     rows += [(key, meta[key]) for key in sorted(meta) if key not in _CARD_KEYS]
     table = "\n".join(f"| {label} | {_format_value(value)} |" for label, value in rows)
     origin = f" from `{Path(source).name}`" if source is not None else ""
+    if clip:
+        kind, tags = "CLIP", "- clip"
+        summary = ("A CLIP model trained with OpenCLIP's own objective (`--loss clip`, e.g. the baseline of a "
+                   f"CLOOB run), exported by `open_clip_cloob`{origin}.")
+    else:
+        kind, tags = "CLOOB", "- clip\n- cloob"
+        summary = ("A CLOOB model (modern Hopfield networks with InfoLOOB; Fürst et al., NeurIPS 2022), exported "
+                   f"by `open_clip_cloob`{origin}. At inference a CLOOB model is a CLIP model: the Hopfield "
+                   "retrieval is part of the training loss only, so every OpenCLIP tool uses it unchanged.")
     return f"""---
 library_name: open_clip
 tags:
-- clip
-- cloob
+{tags}
 - zero-shot-image-classification
 ---
-# {meta['model']} (CLOOB)
+# {meta['model']} ({kind})
 
-A CLOOB model (modern Hopfield networks with InfoLOOB; Fürst et al., NeurIPS 2022), exported by
-`open_clip_cloob`{origin}. At inference a CLOOB model is a CLIP model: the Hopfield retrieval is part
-of the training loss only, so every OpenCLIP tool uses it unchanged.
+{summary}
 
 ```python
 import open_clip
@@ -99,7 +115,7 @@ model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{out_dir
 tokenizer = open_clip.get_tokenizer("local-dir:{out_dir}")
 ```
 
-## CLOOB hyperparameters
+## Training settings
 
 | | |
 |---|---|
@@ -123,19 +139,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("checkpoint", help="training checkpoint, converted file or original CLOOB checkpoint")
     parser.add_argument("--out", required=True, help="output folder (load it with --model local-dir:OUT)")
-    parser.add_argument(
-        "--model", default=None,
-        help=f"OpenCLIP model name the weights must fit (default: detected among {', '.join(list_cloob_models())})",
-    )
+    add_model_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     """Command-line entry point; returns the written folder."""
     args = parse_args(argv)
+    add_model_configs(args.add_model_config)
     return export_model_folder(args.checkpoint, args.out, model_name=args.model)
 
 
 if __name__ == "__main__":
-    setup_cli_logging()
-    main()
+    sys.exit(cli.run(main, "python -m open_clip_cloob.export"))

@@ -29,7 +29,7 @@ import open_clip.factory
 import open_clip.pretrained
 from tqdm import tqdm
 
-from .convert import convert_cloob_checkpoint, save_converted
+from .checkpoint import atomic_write, save_converted
 
 _logger = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ def fetch_converted_checkpoint(url: str, model_name: str, cache_dir: Optional[Un
         return str(converted)
     if not original.is_file():
         download_file(url, original)
+    # Imported on use: the package imports this module, and convert also runs as __main__.
+    from .convert import convert_cloob_checkpoint
+
     state_dict, meta = convert_cloob_checkpoint(original, model_name=model_name)
     meta.setdefault("url", url)
     save_converted(state_dict, meta, converted)
@@ -124,31 +127,28 @@ def _mirrored(url: str) -> str:
 def download_file(url: str, destination: Union[str, os.PathLike]) -> Path:
     """Download ``url`` to ``destination`` with a progress bar, atomically.
 
-    The bytes go to a per-process ``.partial`` file that replaces ``destination`` only once
-    complete (and of the announced ``Content-Length``), so an interrupted download is never
-    mistaken for a cached file and concurrent ranks do not write into each other's file.
+    The bytes go to a per-process temporary file (:func:`~open_clip_cloob.checkpoint.atomic_write`)
+    that replaces ``destination`` only once complete (and of the announced ``Content-Length``), so an
+    interrupted download is never mistaken for a cached file and concurrent ranks do not write into
+    each other's file.
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f"{destination.name}.{os.getpid()}.partial")
     _logger.info("downloading %s to %s", url, destination)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length else None
-            with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name) as bar:
-                while chunk := response.read(_DOWNLOAD_CHUNK_BYTES):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        received = partial.stat().st_size
-        if expected is not None and received != expected:
-            raise OSError(f"download of {url} ended after {received} of {expected} bytes")
-        os.replace(partial, destination)
+        with atomic_write(destination) as partial:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                length = response.headers.get("Content-Length")
+                expected = int(length) if length else None
+                with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=destination.name) as bar:
+                    while chunk := response.read(_DOWNLOAD_CHUNK_BYTES):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            received = partial.stat().st_size
+            if expected is not None and received != expected:
+                raise OSError(f"download of {url} ended after {received} of {expected} bytes")
     except OSError as error:  # urllib's URLError and HTTPError are OSErrors too
-        raise RuntimeError(
+        raise OSError(
             f"could not download {url}: {error}. Without internet access, put the file into "
             f"{destination.parent} or set {MIRROR_ENV} to a folder URL that has it."
         ) from error
-    finally:
-        partial.unlink(missing_ok=True)
     return destination

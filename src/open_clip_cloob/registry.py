@@ -6,8 +6,9 @@ its public ``open_clip.add_model_config``; registration is per process, so every
 rank must import :mod:`open_clip_cloob` (which registers on import).
 """
 import logging
+import os
 from pathlib import Path
-from typing import List
+from typing import Iterable, List, Union
 
 import open_clip
 
@@ -42,3 +43,15 @@ def register_model_configs() -> List[str]:
     open_clip.add_model_config(MODEL_CONFIG_DIR)
     _logger.debug("registered CLOOB model configs %s from %s", names, MODEL_CONFIG_DIR)
     return names
+
+
+def add_model_configs(paths: Iterable[Union[str, os.PathLike]]) -> None:
+    """Register more model config files or folders (``--add-model-config``) in OpenCLIP's factory.
+
+    Raises:
+        FileNotFoundError: a path does not exist (OpenCLIP would skip it silently).
+    """
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--add-model-config {path}: no such file or folder")
+        open_clip.add_model_config(path)

@@ -7,33 +7,21 @@ CLOOB's flags (:mod:`training.params`)::
     torchrun --nproc_per_node 4 -- -m training.main --model RN50-cloob ...
     srun python -u -m training.main --model RN50-cloob ...
 
-Every process (each torchrun or SLURM rank runs this module) registers the CLOOB model configs
-(importing :mod:`open_clip_cloob` does), registers ``--add-model-config`` paths, installs the hooks of
-:mod:`training.openclip_hooks`, and runs ``open_clip_train.main.main``. ``python -m training.params ...``
-parses the same command line without training (a dry run).
+Every process (each torchrun or SLURM rank runs this module) parses the command line once into the
+run configuration, registers the CLOOB model configs (importing :mod:`open_clip_cloob` does) and the
+``--add-model-config`` paths, installs the hooks of :mod:`training.openclip_hooks` and runs
+``open_clip_train.main.main``. ``python -m training.params ...`` parses the same command line
+without training (a dry run). Needs the ``[train]`` extra (``pip install 'open_clip_cloob[train]'``).
 """
 import logging
 import os
 import sys
 from typing import Optional, Sequence
 
-import open_clip
-import open_clip_train.main as openclip_main
-
-import open_clip_cloob  # noqa: F401  (registers the CLOOB model configs on import)
-from open_clip_cloob.convert import CheckpointError
-from training.data_checks import BadDataError
-from training.openclip_hooks import install_hooks
+from open_clip_cloob import CheckpointError, add_model_configs, cli
 from training.params import parse_args
-from training.reliability import PREEMPTED_EXIT_CODE, NumericFaultError, Preempted
 
-
-def register_model_configs(paths: Sequence[str]) -> None:
-    """Register extra model config files or folders (``--add-model-config``) in OpenCLIP's factory."""
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--add-model-config {path}: no such file or folder")
-        open_clip.add_model_config(path)
+PROG = "python -m training.main"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -44,20 +32,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    register_model_configs(args.add_model_config)
+    # OpenCLIP's training code imports the [train] extra's packages; so do the hooks.
+    openclip_main = cli.require("open_clip_train.main", extra="train", purpose=f"{PROG} runs OpenCLIP's training")
+    from training.data_checks import BadDataError
+    from training.openclip_hooks import install_hooks
+    from training.reliability import PREEMPTED_EXIT_CODE, NumericFaultError, Preempted
+
+    add_model_configs(args.add_model_config)
     install_hooks(args)
     try:
         status = openclip_main.main(argv)
     except Preempted as stop:
         logging.warning("Preempted: %s", stop)
         return PREEMPTED_EXIT_CODE
-    except (BadDataError, NumericFaultError, CheckpointError) as error:
+    except (BadDataError, NumericFaultError, CheckpointError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         return 1
+    finally:
+        quiet_torch_exit_reports(args.debug)
     # OpenCLIP's main returns None on success and -1 when it refuses to run (e.g. the experiment
     # folder exists); job scripts need that as a failing exit status.
     return 0 if status is None else 1
 
 
+def quiet_torch_exit_reports(debug: bool) -> None:
+    """Put torch's loggers back to WARNING before the process exits, unless ``--debug`` or ``TORCH_LOGS``.
+
+    OpenCLIP's logging setup sets every logger that exists to INFO, torch's included, so at exit
+    torch's atexit handlers would print TorchDynamo and FakeTensor statistics, a screenful per
+    process even when nothing was compiled. ``TORCH_LOGS`` is torch's own switch for them.
+    """
+    if debug or os.environ.get("TORCH_LOGS"):
+        return
+    for name in list(logging.root.manager.loggerDict):
+        if name == "torch" or name.startswith("torch."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG, console_logging=False))  # OpenCLIP sets up the logging of a run

@@ -7,23 +7,43 @@ the function that must still look it up and the upstream parameters the replacem
 checks both against the installed OpenCLIP, so an upstream refactor fails loudly instead of silently
 training CLIP.
 
+One run, one configuration. ``training.main`` parses the command line once
+(:func:`training.params.parse_args`); the ``parse_args`` hook hands OpenCLIP's ``main()`` that same
+namespace, so the object OpenCLIP fills in (rank, world size, device, paths) and the one every hook
+reads are one: :attr:`Run.args`. A :class:`Run` holds it with the state the hooks share (resume
+position, preemption signal, non-finite guard, broken-sample counters, the training loss), and the
+hooks are its methods. State outside the :class:`Run` exists only where OpenCLIP's design forces it:
+
+- the hooked names themselves: ``main()`` and its helpers look them up in their modules' globals at
+  call time, so the hooks are bound methods of the run stored there (per process);
+- ``torch.save`` and ``torch.nn.parallel.DistributedDataParallel``: ``main()`` reaches them through
+  the ``torch`` module, so they are replaced process-wide;
+- OpenCLIP's originals, captured at import (``_openclip_*``), so that installing twice never wraps
+  a hook;
+- while OpenCLIP builds one webdataset pipeline, three names of ``open_clip_train.data`` point at
+  that pipeline's :class:`~training.data_checks.WebdatasetSampleCheck` (put back once it is built),
+  and the pipeline's shard sampler gets this run's seed as its ``worker_seed`` (an attribute
+  OpenCLIP's sampler reads per worker).
+
 What each hook does (installed by :func:`install_hooks`, per process, before ``main()`` runs):
 
-- ``parse_args``: :func:`training.params.parse_args` (CLOOB flags first, the rest to OpenCLIP's).
+- ``parse_args``: returns :attr:`Run.args` (the command line is not parsed a second time).
 - ``create_model_and_transforms``: builds the model with ``init_logit_scale = ln(--init-inv-tau)``
   and freezes ``logit_scale`` unless ``--learnable-inv-tau``, before DDP wraps the model (DDP fails
   on step 2 if a trainable parameter never gets a gradient).
-- ``create_loss``: :class:`open_clip_cloob.CloobLoss` for ``--loss cloob``, OpenCLIP's choice otherwise.
+- ``create_loss``: the ``CloobLoss`` of a CLOOB-family ``--loss`` (its keywords are the library's
+  ``LOSS_VARIANTS[name]``) or OpenCLIP's own choice for ``--loss clip``; a resumed checkpoint's
+  loss state is loaded into it.
 - ``cosine_lr``: :func:`training.scheduler.cosine_restarts_lr` when ``--restart-cycles`` > 1.
-- ``train_one_epoch``: records the CLOOB settings in the checkpoint. OpenCLIP builds the checkpoint
-  dict itself with fixed keys; the only CLOOB-controlled object inside it is the optimizer's state
-  dict, so they are stored as ``checkpoint["optimizer"]["cloob"]`` (ignored by
-  ``Optimizer.load_state_dict``, so ``--resume`` and OpenCLIP's own tools are unaffected). It also
-  runs the epoch through :class:`training.reliability.StepLoader` (step boundaries: non-finite
-  steps, ``--save-every-n-steps``, preemption signals; resuming inside the epoch, with the learning
-  rate schedule shifted by the steps already done and, for a resampled webdataset, shards drawn
-  afresh through :class:`training.reliability.ContinuedDraw`) and puts the non-finite guard on the loss and
-  the optimizer.
+- ``train_one_epoch``: runs the epoch through :class:`training.reliability.StepLoader` (step
+  boundaries: non-finite steps, ``--save-every-n-steps``, preemption signals; resuming inside the
+  epoch and, for a resampled webdataset, drawing shards afresh through
+  :class:`training.reliability.ContinuedDraw`) and puts the non-finite guard on the loss and the
+  optimizer.
+- ``enumerate`` (a builtin that ``open_clip_train.train`` looks up like a global): numbers the
+  batches of a :class:`~training.reliability.StepLoader` resumed inside an epoch from the first one
+  it serves, so OpenCLIP computes the real step for the learning-rate schedule, the console
+  progress (samples, percent), tensorboard and wandb alike. Other iterables count as usual.
 - ``open_clip_train.data.CsvDataset``: :class:`training.data_checks.CheckedCsvDataset` (structural
   checks at start, broken samples skipped and counted, ``--max-bad-samples``).
 - ``open_clip_train.data.get_wds_dataset``: :func:`training.data_checks.check_shards` first; while
@@ -38,27 +58,30 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``open_clip_train.train.zero_shot_eval``: an evaluation begins; the counts of the evaluation
   datasets restart, and ``broken_train_samples`` (the last epoch, all ranks) and
   ``broken_imagenet-val_samples`` join the metrics ``evaluate()`` logs and writes to ``results.jsonl``.
-- ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint`, weights_only loading
-  that also reads the mid-epoch position of a step checkpoint.
-- ``torch.save``: :func:`training.reliability.atomic_save` (temporary file, fsync, rename), so the
-  checkpoints OpenCLIP writes at epoch ends are never seen truncated. Process-wide, like DDP below:
-  ``main()`` reaches it through ``torch``.
-- ``open_clip_train.train.get_clip_metrics``: adds ``cloob_val_loss`` (with ``--loss cloob``), the
-  CLOOB loss over the ``--val-data`` batches, and ``broken_val_samples`` to the metrics
-  ``evaluate()`` logs, writes to ``results.jsonl`` and sends to tensorboard/wandb.
+- ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint` (weights_only loading);
+  reads the mid-epoch position of a step checkpoint and the loss state.
+- ``torch.save``: adds CLOOB's entries to OpenCLIP's training checkpoints (the settings as
+  ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss_state"]``; layout in
+  :mod:`open_clip_cloob.checkpoint`) and writes through :func:`training.reliability.atomic_save`, so
+  the checkpoints OpenCLIP writes at epoch ends are never seen truncated and supersede the step
+  checkpoints of earlier epochs.
+- ``open_clip_train.train.get_clip_metrics``: adds the validation loss of a CLOOB-family
+  ``--loss`` (``cloob_val_loss`` for ``--loss cloob``) over the ``--val-data`` batches, and
+  ``broken_val_samples``, to the metrics ``evaluate()`` logs, writes to ``results.jsonl`` and sends
+  to tensorboard/wandb.
 - ``torch.nn.parallel.DistributedDataParallel``: OpenCLIP passes ``device_ids=[device]`` also for a
   CPU device, which torch rejects; the subclass drops CPU device ids so DDP runs on CPU with gloo
-  (a no-op on GPUs). This one is process-wide: ``main()`` reaches it through ``torch``.
+  (a no-op on GPUs).
 """
 import argparse
+import builtins
 import contextlib
 import dataclasses
 import logging
 import math
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import open_clip_train.data as openclip_data
 import open_clip_train.main as openclip_main
@@ -67,7 +90,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from open_clip_cloob import CloobLoss, cloob_loss
+from open_clip_cloob import LOSS_VARIANTS, CloobLoss
+from open_clip_cloob.checkpoint import LOSS_STATE_KEY, META_KEY
 from training import params
 from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
@@ -79,7 +103,10 @@ from training.scheduler import cosine_restarts_lr
 
 @dataclass(frozen=True)
 class Hook:
-    """A name replaced in ``module``, looked up at call time by the function ``caller``."""
+    """A name replaced in ``module``, looked up at call time by the function ``caller``.
+
+    The upstream object is ``module.name``, or the builtin of that name where the module has none.
+    """
 
     module: str
     name: str
@@ -97,6 +124,7 @@ HOOKS: Tuple[Hook, ...] = (
     Hook("open_clip_train.main", "train_one_epoch", "open_clip_train.main.main",
          ("model", "data", "loss", "epoch", "optimizer", "scaler", "scheduler", "dist_model", "args",
           "tb_writer")),
+    Hook("open_clip_train.train", "enumerate", "open_clip_train.train.train_one_epoch", ("iterable", "start")),
     Hook("open_clip_train.train", "get_clip_metrics", "open_clip_train.train.evaluate",
          ("image_features", "text_features", "logit_scale")),
     Hook("torch.nn.parallel", "DistributedDataParallel", "open_clip_train.main.main",
@@ -141,22 +169,8 @@ _openclip_tarfile_to_samples_nothrow = openclip_data.tarfile_to_samples_nothrow
 _openclip_get_data = openclip_main.get_data
 _openclip_zero_shot_eval = openclip_train.zero_shot_eval
 
-CHECKPOINT_KEY = "cloob"
-# Optimizers that already carry this package's hooks (train_one_epoch runs once per epoch).
-_optimizers_hooked: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
-
-
-@dataclass
-class RunState:
-    """Per-process reliability state shared by the hooks of one run."""
-
-    resume: ResumeState
-    preemption: PreemptionSignal
-    guard: NonFiniteGuard
-    # Broken-sample counters of the datasets, by OpenCLIP's data key ('train', 'val', 'imagenet-val', ...).
-    counters: Dict[str, BadSampleCounter] = field(default_factory=dict)
-    # Broken training samples of the last epoch, summed over ranks.
-    broken_train_samples: Optional[int] = None
+# The keys of the checkpoint dict OpenCLIP's main() saves for training (epoch ends, epoch_latest.pt).
+_OPENCLIP_TRAINING_CHECKPOINT = frozenset(("epoch", "state_dict", "optimizer"))
 
 
 class CpuCapableDistributedDataParallel(DistributedDataParallel):
@@ -178,9 +192,20 @@ def create_model_and_transforms(*args: Any, init_inv_tau: Optional[float], learn
     return model, preprocess_train, preprocess_val
 
 
+def build_cloob_loss(args: argparse.Namespace, distributed: bool = True) -> CloobLoss:
+    """The ``CloobLoss`` of ``args.loss`` (the library's ``LOSS_VARIANTS[args.loss]``) with ``--hopfield-beta``.
+
+    ``distributed``: with the run's data-parallel settings (training); otherwise for one process
+    holding every feature (the validation loss).
+    """
+    data_parallel = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
+                         world_size=args.world_size, use_horovod=args.horovod) if distributed else {}
+    return CloobLoss(hopfield_beta=args.hopfield_beta, **data_parallel, **LOSS_VARIANTS[args.loss])
+
+
 def create_loss(args: argparse.Namespace) -> torch.nn.Module:
-    """CloobLoss for ``--loss cloob``, OpenCLIP's own choice otherwise; logs which and on what batch."""
-    if args.loss != "cloob":
+    """The ``CloobLoss`` of a CLOOB-family ``--loss``, OpenCLIP's own choice otherwise; logs which and on what batch."""
+    if not params.uses_cloob_loss(args):
         loss = _openclip_create_loss(args)
         logging.info("Loss: OpenCLIP's %s", type(loss).__name__)
         return loss
@@ -191,116 +216,37 @@ def create_loss(args: argparse.Namespace) -> torch.nn.Module:
         "accum_freq %d x world_size %d", args.hopfield_beta, args.init_inv_tau,
         "learnable" if args.learnable_inv_tau else "frozen", global_batch, args.batch_size,
         args.accum_freq, args.world_size)
-    return CloobLoss(
-        hopfield_beta=args.hopfield_beta,
-        local_loss=args.local_loss,
-        gather_with_grad=args.gather_with_grad,
-        rank=args.rank,
-        world_size=args.world_size,
-        use_horovod=args.horovod,
-    )
+    return build_cloob_loss(args)
 
 
-def _attach_hooks(optimizer: torch.optim.Optimizer, loss: torch.nn.Module, args: argparse.Namespace,
-                  guard: NonFiniteGuard) -> None:
-    """Once per run (optimizer): CLOOB settings in the optimizer's state dict, the non-finite guard."""
-    if optimizer in _optimizers_hooked:
-        return
-    settings = params.cloob_settings(args)
-    optimizer.register_state_dict_post_hook(
-        lambda _optimizer, state_dict: {**state_dict, CHECKPOINT_KEY: settings})
-    guard.attach(optimizer, loss)
-    _optimizers_hooked.add(optimizer)
+def validation_loss(loss: torch.nn.Module, image_features: torch.Tensor, text_features: torch.Tensor,
+                    inv_tau: torch.Tensor, batch_size: int) -> float:
+    """``loss`` averaged over consecutive batches of ``batch_size`` rows, weighted by their size.
 
-
-def _shifted(scheduler: Callable[[int], float], offset: int) -> Callable[[int], float]:
-    """``scheduler`` for an epoch whose first ``offset`` steps were done before a resume."""
-    return lambda step: scheduler(step + offset)
-
-
-@dataclass
-class StepOffsetWriter:
-    """A tensorboard writer for an epoch whose first ``offset`` steps were done before a resume.
-
-    OpenCLIP numbers the steps of the epoch from its first batch, which is step ``offset`` here.
+    ``evaluate()`` concatenates the validation features in loader order, so the chunks are its
+    batches, and the value is comparable to OpenCLIP's ``clip_val_loss`` (averaged the same way) and
+    to the training loss at the same batch size. A trailing batch of one row has no negative and is
+    left out.
     """
-
-    writer: Any  # torch.utils.tensorboard.SummaryWriter
-    offset: int
-
-    def add_scalar(self, tag: str, value: Any, global_step: int, *args: Any, **kwargs: Any) -> None:
-        self.writer.add_scalar(tag, value, global_step + self.offset, *args, **kwargs)
-
-
-def train_one_epoch(model: torch.nn.Module, data: Dict[str, Any], loss: torch.nn.Module, epoch: int,
-                    optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Callable[[int], float],
-                    dist_model: Optional[torch.nn.Module], args: argparse.Namespace, tb_writer: Any = None, *,
-                    run: RunState) -> None:
-    """OpenCLIP's epoch with the CLOOB settings in its checkpoints and :mod:`training.reliability`."""
-    _attach_hooks(optimizer, loss, args, run.guard)
-    train = data["train"]
-    counter = run.counters.get("train")
-    if counter is not None:
-        counter.reset()
-    steps_per_epoch = train.dataloader.num_batches // args.accum_freq
-    session = EpochSession(args, epoch, model, optimizer, scaler, run.guard, run.preemption, steps_per_epoch)
-    point = run.resume.take(epoch)
-    skip = point.step if point is not None else 0
-    loader = StepLoader(train.dataloader, args.accum_freq, skip, args.seed + epoch,
-                        point.rng_of(args) if point is not None else None, session.on_step_end)
-    train = dataclasses.replace(train, dataloader=loader)
-    if skip:
-        scheduler = _shifted(scheduler, skip)
-        if tb_writer is not None:
-            tb_writer = StepOffsetWriter(tb_writer, skip)
-        if args.dataset_resampled and train.shared_epoch is not None:
-            train = dataclasses.replace(train, shared_epoch=ContinuedDraw(train.shared_epoch, skip))
-    _openclip_train_one_epoch(
-        model, {**data, "train": train}, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
-        tb_writer=tb_writer)
-    if counter is not None:
-        run.broken_train_samples = sum_over_ranks(counter.count)
-        logging.info("Epoch %d: %d broken training samples skipped", epoch, run.broken_train_samples)
+    total, count = 0.0, 0
+    for start in range(0, len(image_features), batch_size):
+        images = image_features[start:start + batch_size]
+        if len(images) < 2:
+            continue
+        texts = text_features[start:start + batch_size]
+        total += loss(images, texts, inv_tau).item() * len(images)
+        count += len(images)
+    return total / count if count else math.nan
 
 
-def _bad_sample_counter(info: Any) -> Optional[BadSampleCounter]:
-    """The broken-sample counter of a dataset: on its loader (webdataset) or its dataset (map-style)."""
-    loader = info.dataloader
-    return getattr(loader, "bad_samples", None) or getattr(getattr(loader, "dataset", None), "bad_samples", None)
+def enumerate_batches(iterable: Iterable[Any], start: int = 0) -> Iterator[Tuple[int, Any]]:
+    """``enumerate`` for ``open_clip_train.train``: a :class:`StepLoader` counts from its first batch.
 
-
-def get_data(args: argparse.Namespace, preprocess_fns: Tuple[Callable, Callable], epoch: int = 0,
-             tokenizer: Optional[Callable] = None, *, run: RunState) -> Dict[str, Any]:
-    """OpenCLIP's datasets; records their broken-sample counters, zero-shot folders skip unreadable images."""
-    data = _openclip_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
-    for name in ("imagenet-val", "imagenet-v2"):
-        if name in data:
-            loader = data[name].dataloader
-            dataset = SkipUnreadableImages(loader.dataset, BadSampleCounter(args.max_bad_samples))
-            data[name] = dataclasses.replace(data[name], dataloader=DataLoader(
-                dataset, batch_size=loader.batch_size, num_workers=loader.num_workers, sampler=data[name].sampler,
-                collate_fn=collate_readable))
-    run.counters = {name: counter for name, info in data.items() if (counter := _bad_sample_counter(info))}
-    return data
-
-
-def zero_shot_eval(model: torch.nn.Module, data: Dict[str, Any], epoch: int, args: argparse.Namespace,
-                   tokenizer: Optional[Callable] = None, *, run: RunState) -> Dict[str, Any]:
-    """OpenCLIP's zero-shot evaluation, the first step of ``evaluate()``; adds broken-sample counts.
-
-    A new evaluation pass begins here, so the evaluation datasets' counts restart; the counts of the
-    zero-shot folders and of the last training epoch join the returned metrics (``--val-data``'s
-    count is added by :func:`get_clip_metrics`, after its pass).
+    A loader resumed after S steps of an epoch serves batch ``S * accum_freq`` first; numbering it
+    so makes every step OpenCLIP derives from the index the real one.
     """
-    for name, counter in run.counters.items():
-        if name != "train":
-            counter.reset()
-    metrics = _openclip_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
-    if run.broken_train_samples is not None:
-        metrics["broken_train_samples"] = run.broken_train_samples
-    metrics.update({f"broken_{name}_samples": counter.count for name, counter in run.counters.items()
-                    if name.startswith("imagenet")})
-    return metrics
+    first = iterable.first_batch if isinstance(iterable, StepLoader) else 0
+    return builtins.enumerate(iterable, start + first)
 
 
 @contextlib.contextmanager
@@ -345,69 +291,183 @@ def resampled_shards(info: Any) -> Any:
     return shards
 
 
-def cloob_val_loss(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    inv_tau: torch.Tensor,
-    hopfield_beta: float,
-    batch_size: int,
-) -> float:
-    """CLOOB loss averaged over consecutive batches of ``batch_size`` rows, weighted by their size.
+def _bad_sample_counter(info: Any) -> Optional[BadSampleCounter]:
+    """The broken-sample counter of a dataset: on its loader (webdataset) or its dataset (map-style)."""
+    loader = info.dataloader
+    return getattr(loader, "bad_samples", None) or getattr(getattr(loader, "dataset", None), "bad_samples", None)
 
-    ``evaluate()`` concatenates the validation features in loader order, so the chunks are its
-    batches, and the value is comparable to OpenCLIP's ``clip_val_loss`` (averaged the same way) and
-    to the training loss at the same batch size. A trailing batch of one row has no negative and is
-    left out.
+
+class Run:
+    """One training run in this process: its configuration and the state its hooks share.
+
+    Args:
+        args: the run configuration, :func:`training.params.parse_args`'s namespace; OpenCLIP's
+            ``main()`` gets this object and fills in its runtime attributes (rank, world size, ...).
     """
-    total, count = 0.0, 0
-    for start in range(0, len(image_features), batch_size):
-        images = image_features[start:start + batch_size]
-        if len(images) < 2:
-            continue
-        texts = text_features[start:start + batch_size]
-        total += cloob_loss(images, texts, inv_tau, hopfield_beta).item() * len(images)
-        count += len(images)
-    return total / count if count else math.nan
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.resume = ResumeState()
+        self.preemption = PreemptionSignal()
+        self.guard = NonFiniteGuard(args.max_nonfinite_steps)
+        # Broken-sample counters of the datasets, by OpenCLIP's data key ('train', 'val', 'imagenet-val', ...).
+        self.counters: Dict[str, BadSampleCounter] = {}
+        # Broken training samples of the last epoch, summed over ranks.
+        self.broken_train_samples: Optional[int] = None
+        self.loss: Optional[torch.nn.Module] = None
+        self._loss_state: Optional[Dict[str, Any]] = None  # of a resumed checkpoint, until the loss exists
+        self._guarded: Optional[torch.optim.Optimizer] = None
+
+    def install(self) -> None:
+        """Replace OpenCLIP's names in this process by this run's hooks; install the preemption handlers."""
+        self.preemption.install()
+        openclip_main.parse_args = self.parse_args
+        openclip_main.create_model_and_transforms = self.create_model_and_transforms
+        openclip_main.create_loss = self.create_loss
+        openclip_main.train_one_epoch = self.train_one_epoch
+        openclip_main.pt_load = self.pt_load
+        openclip_main.get_data = self.get_data
+        openclip_train.enumerate = enumerate_batches
+        openclip_train.zero_shot_eval = self.zero_shot_eval
+        openclip_train.get_clip_metrics = self.get_clip_metrics
+        openclip_data.CsvDataset = self.csv_dataset
+        openclip_data.get_wds_dataset = get_wds_dataset
+        torch.save = self.save
+        torch.nn.parallel.DistributedDataParallel = CpuCapableDistributedDataParallel
+        if self.args.restart_cycles > 1:
+            openclip_main.cosine_lr = self.cosine_lr
+
+    def parse_args(self, args: Any = None) -> argparse.Namespace:
+        """OpenCLIP's ``parse_args``: the run configuration, parsed once by ``training.main``."""
+        return self.args
+
+    def create_model_and_transforms(self, *args: Any, **kwargs: Any) -> Tuple[torch.nn.Module, Callable, Callable]:
+        """OpenCLIP's model factory with ``--init-inv-tau`` and ``--learnable-inv-tau``."""
+        return create_model_and_transforms(*args, init_inv_tau=self.args.init_inv_tau,
+                                           learnable_inv_tau=self.args.learnable_inv_tau, **kwargs)
+
+    def create_loss(self, args: argparse.Namespace) -> torch.nn.Module:
+        """:func:`create_loss`, kept for the checkpoints; a resumed checkpoint's loss state goes into it."""
+        self.loss = create_loss(args)
+        if self._loss_state is not None:
+            self.loss.load_state_dict(self._loss_state)
+            self._loss_state = None
+        return self.loss
+
+    def cosine_lr(self, optimizer: torch.optim.Optimizer, base_lr: float, warmup_length: int,
+                  steps: int) -> Callable[[int], float]:
+        """OpenCLIP's ``cosine`` schedule with ``--restart-cycles`` hard restarts."""
+        return cosine_restarts_lr(optimizer, base_lr, warmup_length, steps, cycles=self.args.restart_cycles)
+
+    def checkpoint_entries(self) -> Dict[str, Any]:
+        """CLOOB's entries of this run's checkpoints: the settings and, when it has any, the loss state."""
+        entries: Dict[str, Any] = {META_KEY: params.cloob_settings(self.args)}
+        loss_state = self.loss.state_dict() if self.loss is not None else {}
+        if loss_state:
+            entries[LOSS_STATE_KEY] = loss_state
+        return entries
+
+    def save(self, obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        """``torch.save``: OpenCLIP's training checkpoints get CLOOB's entries; paths are written atomically."""
+        if isinstance(obj, dict) and _OPENCLIP_TRAINING_CHECKPOINT <= obj.keys():
+            obj = {**obj, **self.checkpoint_entries()}
+        atomic_save(obj, f, *args, **kwargs)
+
+    def pt_load(self, file_path: str, map_location: Any = None) -> Dict[str, Any]:
+        """OpenCLIP's ``pt_load`` (``--resume``), weights_only; keeps the mid-epoch position and loss state."""
+        checkpoint = load_checkpoint(file_path, map_location)
+        self.resume.read(checkpoint)
+        self._loss_state = checkpoint.get(LOSS_STATE_KEY) if isinstance(checkpoint, dict) else None
+        return checkpoint
+
+    def train_one_epoch(self, model: torch.nn.Module, data: Dict[str, Any], loss: torch.nn.Module, epoch: int,
+                        optimizer: torch.optim.Optimizer, scaler: Any, scheduler: Callable[[int], float],
+                        dist_model: Optional[torch.nn.Module], args: argparse.Namespace, tb_writer: Any = None) -> None:
+        """OpenCLIP's epoch with :mod:`training.reliability`'s step boundaries, resume and fault guard."""
+        if optimizer is not self._guarded:  # the same optimizer every epoch: attach once
+            self.guard.attach(optimizer, loss)
+            self._guarded = optimizer
+        train = data["train"]
+        counter = self.counters.get("train")
+        if counter is not None:
+            counter.reset()
+        steps_per_epoch = train.dataloader.num_batches // args.accum_freq
+        session = EpochSession(args, epoch, model, optimizer, scaler, self.guard, self.preemption, steps_per_epoch,
+                               self.checkpoint_entries)
+        point = self.resume.take(epoch)
+        skip = point.step if point is not None else 0
+        loader = StepLoader(train.dataloader, args.accum_freq, skip, args.seed + epoch,
+                            point.rng_of(args) if point is not None else None, session.on_step_end)
+        train = dataclasses.replace(train, dataloader=loader)
+        if skip and args.dataset_resampled and train.shared_epoch is not None:
+            train = dataclasses.replace(train, shared_epoch=ContinuedDraw(train.shared_epoch, skip))
+        _openclip_train_one_epoch(
+            model, {**data, "train": train}, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
+            tb_writer=tb_writer)
+        if counter is not None:
+            self.broken_train_samples = sum_over_ranks(counter.count)
+            logging.info("Epoch %d: %d broken training samples skipped", epoch, self.broken_train_samples)
+
+    def csv_dataset(self, input_filename: str, transforms: Callable, img_key: str, caption_key: str,
+                    sep: str = "\t", tokenizer: Optional[Callable] = None) -> CheckedCsvDataset:
+        """OpenCLIP's ``CsvDataset``: :class:`~training.data_checks.CheckedCsvDataset` with ``--max-bad-samples``."""
+        return CheckedCsvDataset(input_filename, transforms, img_key, caption_key, sep, tokenizer,
+                                 max_bad_samples=self.args.max_bad_samples)
+
+    def get_data(self, args: argparse.Namespace, preprocess_fns: Tuple[Callable, Callable], epoch: int = 0,
+                 tokenizer: Optional[Callable] = None) -> Dict[str, Any]:
+        """OpenCLIP's datasets; records their broken-sample counters, zero-shot folders skip unreadable images."""
+        data = _openclip_get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        for name in ("imagenet-val", "imagenet-v2"):
+            if name in data:
+                loader = data[name].dataloader
+                dataset = SkipUnreadableImages(loader.dataset, BadSampleCounter(args.max_bad_samples))
+                data[name] = dataclasses.replace(data[name], dataloader=DataLoader(
+                    dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                    sampler=data[name].sampler, collate_fn=collate_readable))
+        self.counters = {name: counter for name, info in data.items() if (counter := _bad_sample_counter(info))}
+        return data
+
+    def zero_shot_eval(self, model: torch.nn.Module, data: Dict[str, Any], epoch: int, args: argparse.Namespace,
+                       tokenizer: Optional[Callable] = None) -> Dict[str, Any]:
+        """OpenCLIP's zero-shot evaluation, the first step of ``evaluate()``; adds broken-sample counts.
+
+        A new evaluation pass begins here, so the evaluation datasets' counts restart; the counts of
+        the zero-shot folders and of the last training epoch join the returned metrics (``--val-data``'s
+        count is added by :meth:`get_clip_metrics`, after its pass).
+        """
+        for name, counter in self.counters.items():
+            if name != "train":
+                counter.reset()
+        metrics = _openclip_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
+        if self.broken_train_samples is not None:
+            metrics["broken_train_samples"] = self.broken_train_samples
+        metrics.update({f"broken_{name}_samples": counter.count for name, counter in self.counters.items()
+                        if name.startswith("imagenet")})
+        return metrics
+
+    def get_clip_metrics(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                         logit_scale: torch.Tensor) -> Dict[str, Any]:
+        """OpenCLIP's retrieval metrics, the CLOOB-family validation loss and ``broken_val_samples``.
+
+        ``evaluate()`` calls this after its pass over ``--val-data``, logs the metrics and writes them
+        to ``results.jsonl``.
+        """
+        metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
+        if params.uses_cloob_loss(self.args):
+            metrics[f"{self.args.loss}_val_loss"] = validation_loss(
+                build_cloob_loss(self.args, distributed=False), image_features, text_features, logit_scale,
+                self.args.batch_size)
+        if "val" in self.counters:
+            metrics["broken_val_samples"] = self.counters["val"].count
+        return metrics
 
 
-def get_clip_metrics(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, *,
-                     run: RunState, hopfield_beta: Optional[float], batch_size: int) -> Dict[str, Any]:
-    """OpenCLIP's retrieval metrics, ``cloob_val_loss`` (given ``hopfield_beta``), ``broken_val_samples``.
+def install_hooks(args: argparse.Namespace) -> Run:
+    """Install the hooks of a run configured by the resolved ``args`` in this process; returns the run.
 
-    ``evaluate()`` calls this after its pass over ``--val-data``, logs the metrics and writes them
-    to ``results.jsonl``.
+    Idempotent: the hooks call OpenCLIP's originals captured at import.
     """
-    metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
-    if hopfield_beta is not None:
-        metrics["cloob_val_loss"] = cloob_val_loss(
-            image_features, text_features, logit_scale, hopfield_beta, batch_size)
-    if "val" in run.counters:
-        metrics["broken_val_samples"] = run.counters["val"].count
-    return metrics
-
-
-def install_hooks(args: argparse.Namespace) -> None:
-    """Replace OpenCLIP's names in this process for a run configured by the resolved ``args``.
-
-    Idempotent; the replacements call the originals captured at import. Also installs the
-    preemption signal handlers (SIGUSR1, SIGTERM) of this process.
-    """
-    run = RunState(ResumeState(), PreemptionSignal(), NonFiniteGuard(args.max_nonfinite_steps))
-    run.preemption.install()
-    openclip_main.parse_args = params.parse_args
-    openclip_main.create_model_and_transforms = partial(
-        create_model_and_transforms, init_inv_tau=args.init_inv_tau, learnable_inv_tau=args.learnable_inv_tau)
-    openclip_main.create_loss = create_loss
-    openclip_main.train_one_epoch = partial(train_one_epoch, run=run)
-    openclip_main.pt_load = partial(load_checkpoint, resume=run.resume)
-    openclip_main.get_data = partial(get_data, run=run)
-    openclip_train.zero_shot_eval = partial(zero_shot_eval, run=run)
-    openclip_data.CsvDataset = partial(CheckedCsvDataset, max_bad_samples=args.max_bad_samples)
-    openclip_data.get_wds_dataset = get_wds_dataset
-    torch.save = atomic_save
-    torch.nn.parallel.DistributedDataParallel = CpuCapableDistributedDataParallel
-    if args.restart_cycles > 1:
-        openclip_main.cosine_lr = partial(cosine_restarts_lr, cycles=args.restart_cycles)
-    openclip_train.get_clip_metrics = partial(
-        get_clip_metrics, run=run, hopfield_beta=args.hopfield_beta if args.loss == "cloob" else None,
-        batch_size=args.batch_size)
+    run = Run(args)
+    run.install()
+    return run

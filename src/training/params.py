@@ -1,9 +1,17 @@
-"""Command line of ``python -m training.main``: CLOOB's flags in front of all of OpenCLIP's.
+"""The run configuration of ``python -m training.main``: CLOOB's flags in front of all of OpenCLIP's.
 
-The CLOOB flags are parsed first (``parse_known_args``); everything else goes to OpenCLIP's strict
-``parse_args``. The result is one namespace holding both, so OpenCLIP's ``params.txt`` (which dumps
-every attribute) records the CLOOB settings too. Defaults that depend on other flags are resolved
-here, once, and written back, so that ``params.txt`` shows the values the run used.
+``training.main`` parses the command line once, here, into one namespace holding OpenCLIP's and
+CLOOB's settings; OpenCLIP's ``main()`` receives that same object (its ``parse_args`` hook returns
+it) and every hook of :mod:`training.openclip_hooks` reads it, so OpenCLIP's ``params.txt`` (which
+dumps every attribute) records the CLOOB settings too. The CLOOB flags are parsed first
+(``parse_known_args``); everything else goes to OpenCLIP's strict ``parse_args``. Defaults that
+depend on other flags are resolved here, once, and written back, so that ``params.txt`` shows the
+values the run used.
+
+The training losses are :data:`LOSSES`: offering another variant of the library's ``CloobLoss``
+(``open_clip_cloob.LOSS_VARIANTS``) for training is one name there. This module does not import
+torch, so ``python -m training.params ARGS`` (the job scripts' ``DRY_RUN=1``) checks a command line
+anywhere, quickly.
 """
 import argparse
 import logging
@@ -12,7 +20,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
-LOSSES = ("cloob", "clip")
+# The --loss choices. A CLOOB-family name is a variant of the library's loss: CloobLoss gets
+# open_clip_cloob.LOSS_VARIANTS[name] as keywords (training.openclip_hooks.build_cloob_loss; this
+# module does not import torch, so it names them only); it brings CLOOB's temperature defaults
+# (fixed 1/τ = 30) and the validation loss "<name>_val_loss". Offering another library variant for
+# training is one name here; the first is the default of '*-cloob' models. OPENCLIP_LOSS is
+# OpenCLIP's own create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say).
+CLOOB_LOSSES = ("cloob",)
+OPENCLIP_LOSS = "clip"
+LOSSES = CLOOB_LOSSES + (OPENCLIP_LOSS,)
 CLOOB_MODEL_SUFFIX = "-cloob"
 COSINE_RESTARTS = "cosine-restarts"
 # The paper's Conceptual Captions constants (spec §3).
@@ -20,7 +36,7 @@ DEFAULT_INV_TAU = 30.0
 DEFAULT_HOPFIELD_BETA = 8.0
 # OpenCLIP clamps logit_scale = ln(inv_tau) to [0, ln 100] after every step.
 INV_TAU_RANGE = (1.0, 100.0)
-# The flags that define the CLOOB objective, stored in checkpoints next to the weights.
+# The flags that define the objective, stored in checkpoints next to the weights (their "cloob" entry).
 CLOOB_SETTINGS = ("loss", "hopfield_beta", "init_inv_tau", "learnable_inv_tau", "restart_cycles")
 
 
@@ -31,7 +47,7 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--loss", choices=LOSSES, default=None,
         help="Training loss. 'cloob': modern Hopfield retrieval + InfoLOOB. 'clip': whatever OpenCLIP "
              "picks for the other flags (InfoNCE, SigLIP, CoCa, distillation). "
-             f"Default: cloob for '*{CLOOB_MODEL_SUFFIX}' models, clip otherwise.")
+             f"Default: {CLOOB_LOSSES[0]} for '*{CLOOB_MODEL_SUFFIX}' models, {OPENCLIP_LOSS} otherwise.")
     group.add_argument(
         "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
         default=DEFAULT_HOPFIELD_BETA,
@@ -40,11 +56,11 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument(
         "--init-inv-tau", type=float, default=None,
         help=f"Initial inverse temperature 1/τ of a freshly initialised model; replaces the config's "
-             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with --loss cloob, the model "
+             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with a CLOOB loss, the model "
              "config's value otherwise. Pretrained or resumed weights keep their own temperature.")
     group.add_argument(
         "--learnable-inv-tau", action=argparse.BooleanOptionalAction, default=None,
-        help="Train the temperature (the model's logit_scale). Default: frozen with --loss cloob "
+        help="Train the temperature (the model's logit_scale). Default: frozen with a CLOOB loss "
              "(the paper's setting; DDP and the optimizer then leave it alone), learnable otherwise "
              "(OpenCLIP's behaviour).")
     group.add_argument(
@@ -96,6 +112,11 @@ def is_cloob_model(model_name: str) -> bool:
     return model_name.endswith(CLOOB_MODEL_SUFFIX)
 
 
+def uses_cloob_loss(args: argparse.Namespace) -> bool:
+    """Whether the run trains with the library's ``CloobLoss`` (a name of :data:`CLOOB_LOSSES`)."""
+    return args.loss in CLOOB_LOSSES
+
+
 def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """The resolved CLOOB settings of a run, e.g. for its checkpoints."""
     return {name: getattr(args, name) for name in CLOOB_SETTINGS}
@@ -104,8 +125,8 @@ def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill the flag-dependent defaults in place and reject contradictory combinations."""
     if args.loss is None:
-        args.loss = "cloob" if is_cloob_model(args.model) else "clip"
-    cloob = args.loss == "cloob"
+        args.loss = CLOOB_LOSSES[0] if is_cloob_model(args.model) else OPENCLIP_LOSS
+    cloob = uses_cloob_loss(args)
     if cloob:
         # These switch OpenCLIP's create_loss to another objective; silently ignoring them would
         # train something the user did not ask for.
@@ -115,7 +136,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             ("a CoCa model", "coca" in args.model.lower()),
         ) if on]
         if conflicts:
-            parser.error(f"--loss cloob cannot be combined with {', '.join(conflicts)}")
+            parser.error(f"--loss {args.loss} cannot be combined with {', '.join(conflicts)}")
         if args.init_inv_tau is None:
             args.init_inv_tau = DEFAULT_INV_TAU
     if args.learnable_inv_tau is None:

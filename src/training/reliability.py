@@ -1,14 +1,15 @@
-"""Preemption, mid-epoch checkpoints, numeric faults and safe checkpoint files for ``training.main``.
+"""Preemption, mid-epoch checkpoints and numeric faults for ``training.main``.
 
 :mod:`training.openclip_hooks` wires these pieces into OpenCLIP's loop without copying it:
 
-- :func:`atomic_save` replaces ``torch.save``: a checkpoint appears under its name complete or not
-  at all (temporary file, fsync, rename), so a kill during a write never leaves a truncated
-  ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``. Once ``epoch_N.pt`` is written, the
-  step checkpoints of earlier epochs are deleted.
-- :func:`load_checkpoint` replaces OpenCLIP's ``pt_load``: ``torch.load(weights_only=True)``, a
-  pickle that would run code is refused with :class:`~open_clip_cloob.convert.CheckpointError`; it
-  also picks up the mid-epoch position of a step checkpoint.
+- :func:`atomic_save` writes training's checkpoints: through
+  :func:`open_clip_cloob.checkpoint.save_torch` (temporary file, fsync, rename), so a kill during a
+  write never leaves a truncated ``epoch_latest.pt`` / ``epoch_N.pt`` for ``--resume latest``. Once
+  ``epoch_N.pt`` is written, the step checkpoints of earlier epochs are deleted.
+- :func:`load_checkpoint` is OpenCLIP's ``pt_load`` with :func:`open_clip_cloob.checkpoint.load_torch`
+  (``weights_only=True``: a pickle that would run code is refused with
+  :class:`~open_clip_cloob.checkpoint.CheckpointError`); :class:`ResumeState` picks up the
+  mid-epoch position of a step checkpoint.
 - :class:`StepLoader` wraps the training dataloader of one epoch. A batch is only requested once the
   previous optimizer step is complete (backward, step, ``logit_scale`` clamp, logging), so the
   request is the step boundary where :class:`EpochSession` checks numeric faults, writes the
@@ -17,42 +18,37 @@
 - :class:`NonFiniteGuard` skips an optimizer step whose loss or gradient is not finite.
 
 A step checkpoint is OpenCLIP's checkpoint dict (``epoch`` = completed epochs, ``state_dict``,
-``optimizer``, ``scaler``) plus :data:`RESUME_KEY` = ``{"step": steps done in the epoch, "rng":
-random states of each rank}``; OpenCLIP's own resume ignores the extra key and restarts that epoch.
+``optimizer``, ``scaler``) plus the run's CLOOB entries and :data:`RESUME_KEY` = ``{"step": steps
+done in the epoch, "rng": random states of each rank}`` (layout: :mod:`open_clip_cloob.checkpoint`);
+OpenCLIP's own resume ignores the extra keys and restarts that epoch. Every file is written
+atomically (:func:`open_clip_cloob.checkpoint.save_torch`).
 """
 import argparse
 import glob
 import logging
 import os
-import pickle
 import random
 import re
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
 
 import fsspec
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
-from open_clip_cloob.convert import CheckpointError
+from open_clip_cloob.checkpoint import PARTIAL_GLOB, RESUME_KEY, load_torch, save_torch
 
-RESUME_KEY = "cloob_resume"
 LATEST_CHECKPOINT_NAME = "epoch_latest.pt"  # OpenCLIP's name for --save-most-recent
 # Natural sort (OpenCLIP's --resume latest) puts epoch_E_step_S.pt after epoch_E.pt, before epoch_E+1.pt.
 STEP_CHECKPOINT_NAME = "epoch_{epoch}_step_{step}.pt"
 STEP_CHECKPOINT_GLOB = "epoch_*_step_*.pt"
 STEP_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)_step_\d+\.pt")
 EPOCH_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt")  # OpenCLIP's checkpoint after N completed epochs
-# Hidden and not *.pt: OpenCLIP's --resume latest glob never sees a file being written.
-PARTIAL_NAME = ".{name}.partial"
-PARTIAL_GLOB = ".*.partial"
 # sysexits.h EX_TEMPFAIL: "try again later"; job scripts requeue on it.
 PREEMPTED_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
-_torch_save = torch.save  # captured at import: installing the hook twice never wraps the wrapper
 
 
 class Preempted(Exception):
@@ -64,26 +60,14 @@ class NumericFaultError(RuntimeError):
 
 
 def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-    """``torch.save`` that writes a path through a temporary file (:data:`PARTIAL_NAME`), fsync, rename.
+    """Training's ``torch.save``: :func:`~open_clip_cloob.checkpoint.save_torch` (a path is written atomically).
 
-    File objects go straight to ``torch.save``. After an ``epoch_N.pt``, the step checkpoints it
-    supersedes are deleted (:func:`remove_superseded_step_checkpoints`).
+    After an ``epoch_N.pt``, the step checkpoints it supersedes are deleted
+    (:func:`remove_superseded_step_checkpoints`).
     """
-    if not isinstance(f, (str, os.PathLike)):
-        _torch_save(obj, f, *args, **kwargs)
-        return
-    path = os.fspath(f)
-    tmp = os.path.join(os.path.dirname(path), PARTIAL_NAME.format(name=os.path.basename(path)))
-    try:
-        with open(tmp, "wb") as out:
-            _torch_save(obj, out, *args, **kwargs)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    remove_superseded_step_checkpoints(path)
+    save_torch(obj, f, *args, **kwargs)
+    if isinstance(f, (str, os.PathLike)):
+        remove_superseded_step_checkpoints(os.fspath(f))
 
 
 def remove_superseded_step_checkpoints(path: str) -> None:
@@ -124,22 +108,10 @@ class ResumePoint:
         return None
 
 
-def load_checkpoint(file_path: str, map_location: Any = None, *, resume: "ResumeState") -> Dict[str, Any]:
-    """OpenCLIP's ``pt_load`` with ``weights_only=True``; records a step checkpoint's position in ``resume``."""
+def load_checkpoint(file_path: str, map_location: Any = None) -> Any:
+    """OpenCLIP's ``pt_load`` (local or fsspec paths) with :func:`~open_clip_cloob.checkpoint.load_torch`."""
     with fsspec.open(file_path, "rb") as f:
-        try:
-            checkpoint = torch.load(f, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(
-                f"{file_path}: refused to load. It holds objects other than tensors and plain containers, "
-                "which unpickling would construct by running code (torch.load weights_only=True): "
-                f"{str(error).splitlines()[0]} Load only checkpoints written by training; re-save a "
-                "trusted file's state_dict with torch.save.") from error
-    position = checkpoint.get(RESUME_KEY) if isinstance(checkpoint, dict) else None
-    resume.point = None if position is None else ResumePoint(checkpoint["epoch"], position["step"], position["rng"])
-    if resume.point is not None:
-        logging.info("Resuming inside epoch %d after %d steps", resume.point.epoch, resume.point.step)
-    return checkpoint
+        return load_torch(f, file_path, map_location)
 
 
 @dataclass
@@ -147,6 +119,13 @@ class ResumeState:
     """The mid-epoch position of the checkpoint being resumed, consumed by the first epoch that runs."""
 
     point: Optional[ResumePoint] = None
+
+    def read(self, checkpoint: Any) -> None:
+        """Take the position of a step checkpoint (:data:`RESUME_KEY`); an epoch-end checkpoint has none."""
+        position = checkpoint.get(RESUME_KEY) if isinstance(checkpoint, dict) else None
+        self.point = None if position is None else ResumePoint(checkpoint["epoch"], position["step"], position["rng"])
+        if self.point is not None:
+            logging.info("Resuming inside epoch %d after %d steps", self.point.epoch, self.point.step)
 
     def take(self, epoch: int) -> Optional[ResumePoint]:
         """The position to resume in ``epoch``, once; ``None`` when the epoch starts from its beginning."""
@@ -377,6 +356,7 @@ class StepLoader:
         self.loader, self.accum_freq, self.skip_steps = loader, accum_freq, skip_steps
         self.epoch_seed, self.rng, self.on_step_end = epoch_seed, rng, on_step_end
         self.num_batches, self.num_samples = loader.num_batches, loader.num_samples
+        self.first_batch = skip_steps * accum_freq  # the index in the epoch of the first batch served
 
     def _batch_sampler(self) -> Optional[BatchSampler]:
         batch_sampler = getattr(self.loader, "batch_sampler", None)
@@ -387,15 +367,14 @@ class StepLoader:
         original = batch_sampler.sampler if batch_sampler is not None else None
         if isinstance(original, RandomSampler):
             original.generator = torch.Generator().manual_seed(self.epoch_seed)
-        skipped_batches = self.skip_steps * self.accum_freq
-        if original is not None and skipped_batches:
+        if original is not None and self.first_batch:
             # Installed for the whole epoch: the batch sampler reads it lazily, at its first batch.
-            batch_sampler.sampler = _SkipFirst(original, skipped_batches * batch_sampler.batch_size)
+            batch_sampler.sampler = _SkipFirst(original, self.first_batch * batch_sampler.batch_size)
         try:
             iterator = iter(self.loader)
             if self.rng is not None:
                 set_rng_state(self.rng)
-            yield from self._batches(iterator, self.num_batches - skipped_batches)
+            yield from self._batches(iterator, self.num_batches - self.first_batch)
         finally:
             if original is not None:
                 batch_sampler.sampler = original
@@ -432,6 +411,7 @@ class EpochSession:
     guard: NonFiniteGuard
     preemption: PreemptionSignal
     steps_per_epoch: int
+    entries: Callable[[], Mapping[str, Any]]  # the run's CLOOB checkpoint entries (settings, loss state)
 
     def on_step_end(self, steps_done: int) -> None:
         """Called once the ``steps_done``-th optimizer step of the epoch is complete."""
@@ -468,6 +448,7 @@ class EpochSession:
                 "name": self.args.name,
                 "state_dict": model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                **self.entries(),
                 RESUME_KEY: {"step": steps_done, "rng": states},
             }
             if self.scaler is not None:

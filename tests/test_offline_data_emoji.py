@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from open_clip_cloob import emoji_data
+from offline_data import emoji as emoji_data
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ fully-qualified emoji of that list (3,655 in Unicode 15) is an image-text pair: 
 Pillow and its CLDR name ("woman detective: medium skin tone"), written by people, not from a
 template. Skin-tone variants give a real attribute to classify zero-shot (:func:`skin_tone`).
 
-The images go through :mod:`open_clip_cloob.offline_data`'s writers like any other array of images.
+The images go through :mod:`offline_data.writers` like any other array of images.
 """
 import logging
 import os
@@ -115,7 +115,7 @@ def render_emoji(
     """Draw each emoji with the Noto colour font on ``background``, centred and square.
 
     Returns:
-        uint8 array ``[n, size, size, 3]``, for :func:`open_clip_cloob.offline_data.write_webdataset_shards`.
+        uint8 array ``[n, size, size, 3]``, for :func:`offline_data.writers.write_webdataset_shards`.
     """
     font = ImageFont.truetype(str(_require(emoji_font_path())), _FONT_SIZE)
     side = max(_GLYPH_BOX)
