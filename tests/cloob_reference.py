@@ -39,25 +39,37 @@ def reference_info_nce(anchors, candidates, inv_tau, anchor_indices=None):
     return torch.stack(terms).sum() / len(terms)
 
 
-def reference_cloob(x, y, inv_tau, beta, anchor_indices=None, objective="infoloob", hopfield=True):
+def reference_cloob(x, y, inv_tau, beta, anchor_indices=None, objective="infoloob", hopfield=True, text_beta=None):
     """τ [ℓ(U_x, U_y) + ℓ(V_y, V_x)] with U_x = Hop(X, X), U_y = Hop(Y, X), V_x = Hop(X, Y), V_y = Hop(Y, Y);
-    without ``hopfield`` τ [ℓ(X, Y) + ℓ(Y, X)]; ℓ = InfoLOOB or InfoNCE (``objective``)."""
+    without ``hopfield`` τ [ℓ(X, Y) + ℓ(Y, X)]; ℓ = InfoLOOB or InfoNCE (``objective``). ``beta`` is
+    the β of the retrievals from image memory X, ``text_beta`` (default ``beta``) from text memory Y."""
     score = {"infoloob": reference_info_loob, "infonce": reference_info_nce}[objective]
+    text_beta = beta if text_beta is None else text_beta
     if hopfield:
         u_x, u_y = reference_hopfield(x, x, beta), reference_hopfield(y, x, beta)
-        v_x, v_y = reference_hopfield(x, y, beta), reference_hopfield(y, y, beta)
+        v_x, v_y = reference_hopfield(x, y, text_beta), reference_hopfield(y, y, text_beta)
     else:
         u_x, u_y, v_x, v_y = x, y, x, y
     return (score(u_x, u_y, inv_tau, anchor_indices) + score(v_y, v_x, inv_tau, anchor_indices)) / inv_tau
 
 
-def reference_hopfield_diagnostics(x, y, beta):
+def reference_spread(patterns):
+    """Standard deviation (population) of p_i·p_j over the ordered pairs i ≠ j."""
+    n = patterns.shape[0]
+    dots = [(patterns[i] @ patterns[j]).item() for i in range(n) for j in range(n) if i != j]
+    mean = sum(dots) / len(dots)
+    return math.sqrt(sum((dot - mean) ** 2 for dot in dots) / len(dots))
+
+
+def reference_hopfield_diagnostics(x, y, beta, text_beta=None):
     """The diagnostics of ``hopfield_diagnostics`` by their definitions, pair by pair."""
     x = torch.stack([row / torch.sqrt((row * row).sum()) for row in x])
     y = torch.stack([row / torch.sqrt((row * row).sum()) for row in y])
     n = x.shape[0]
 
-    def attended(states, memory):
+    text_beta = beta if text_beta is None else text_beta
+
+    def attended(states, memory, beta):
         counts = []
         for s in states:
             weights = torch.stack([torch.exp(beta * (s @ m)) for m in memory])
@@ -69,13 +81,17 @@ def reference_hopfield_diagnostics(x, y, beta):
         return sum((a[i] @ b[j]).item() for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
 
     return {
-        "attended_patterns_image_from_images": attended(x, x),
-        "attended_patterns_text_from_images": attended(y, x),
-        "attended_patterns_image_from_texts": attended(x, y),
-        "attended_patterns_text_from_texts": attended(y, y),
+        "attended_patterns_image_from_images": attended(x, x, beta),
+        "attended_patterns_text_from_images": attended(y, x, beta),
+        "attended_patterns_image_from_texts": attended(x, y, text_beta),
+        "attended_patterns_text_from_texts": attended(y, y, text_beta),
         "mean_cosine_images": mean_off_diagonal(x, x),
         "mean_cosine_texts": mean_off_diagonal(y, y),
         "positive_minus_negative": sum((x[i] @ y[i]).item() for i in range(n)) / n - mean_off_diagonal(x, y),
+        "spread_images": reference_spread(x),
+        "spread_texts": reference_spread(y),
+        "beta_images": beta,
+        "beta_texts": text_beta,
     }
 
 

@@ -86,14 +86,14 @@ def test_a_part_that_hangs_is_stopped_at_its_limit_and_the_next_is_not_started(t
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\nif [ "$1" = scripts/bench_loss.py ]; then exec sleep 600; fi\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    # 19 s in all, 15 of them kept for the summary: the loss part gets 4 s (3 if a second ticked
-    # since the start), the training part none.
+    # 19 s in all, 15 of them kept for the summary: the loss part gets at most 4 s (less by the
+    # seconds the script took to get there, which depends on the machine's load), the training part none.
     completed = subprocess.run(["bash", str(CHECK), "--smoke", "--budget", "19", "--out", str(tmp_path / "out")],
                                capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": str(python)})
     assert completed.returncode == 1, completed.stdout[-3000:]
     parts = _parts(tmp_path / "out")
     assert parts["loss"]["status"] == "FAILED"
-    assert re.fullmatch(r"stopped after its [34] s limit", parts["loss"]["detail"]), parts["loss"]
+    assert re.fullmatch(r"stopped after its [1-4] s limit", parts["loss"]["detail"]), parts["loss"]
     assert parts["train"]["status"] == "FAILED" and parts["train"]["detail"].startswith("not started")
     assert "=== device check FAILED: loss train" in completed.stdout
     assert "| loss | FAILED |" in (tmp_path / "out" / "summary.md").read_text()

@@ -28,10 +28,12 @@ import torch.multiprocessing as mp
 from open_clip.loss import gather_features
 
 import open_clip_cloob.loss as cloob_loss_module
-from cloob_reference import reference_cloob, reference_hopfield_diagnostics, unit_rows
+from cloob_reference import reference_cloob, reference_hopfield_diagnostics, reference_spread, unit_rows
 from open_clip_cloob import CloobLoss
 
-VARIANTS = [("infoloob", True), ("infonce", True), ("infoloob", False), ("infonce", False)]  # objective, hopfield
+# objective, hopfield, beta_from_spread (each memory's β from the global batch's spread)
+VARIANTS = [("infoloob", True, None), ("infonce", True, None), ("infoloob", False, None), ("infonce", False, None),
+            ("infoloob", True, 2.0)]
 PATHS = ["direct", "chunked"]
 MODES = [  # local_loss, gather_with_grad
     (False, False),
@@ -44,9 +46,9 @@ CASES = [(variant, path, mode) for variant in VARIANTS for path in PATHS for mod
 
 
 def _case_id(variant, path, mode):
-    objective, hopfield = variant
+    objective, hopfield, beta_from_spread = variant
     local_loss, gather_with_grad = mode
-    return (f"{objective}-{'hopfield' if hopfield else 'plain'}-{path}-"
+    return (f"{objective}-{'hopfield' if hopfield else 'plain'}{'-spread' if beta_from_spread else ''}-{path}-"
             f"{'local' if local_loss else 'global'}-{'gathergrad' if gather_with_grad else 'nogathergrad'}")
 
 
@@ -68,7 +70,7 @@ def gather_features_without_use_horovod(image_features, text_features, local_los
 
 def _rank_run(rank, world_size, variant, path, mode):
     """This rank's loss value and gradients (features, temperature) for one case."""
-    objective, hopfield = variant
+    objective, hopfield, beta_from_spread = variant
     local_loss, gather_with_grad = mode
     image, text = _global_batch(world_size)
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -77,7 +79,7 @@ def _rank_run(rank, world_size, variant, path, mode):
     scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
     loss_fn = CloobLoss(hopfield_beta=BETA, local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank,
                         world_size=world_size, memory_efficient=path == "chunked", objective=objective,
-                        hopfield=hopfield)
+                        hopfield=hopfield, beta_from_spread=beta_from_spread)
     loss = loss_fn(x, y, scale)
     loss.backward()
     return loss.detach(), x.grad, y.grad, scale.grad
@@ -116,8 +118,11 @@ def _single_process(world_size, variant, anchor_indices=None):
     image, text = _global_batch(world_size)
     x, y = image.clone().requires_grad_(), text.clone().requires_grad_()
     scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
-    objective, hopfield = variant
-    loss = reference_cloob(x, y, scale, BETA, anchor_indices, objective=objective, hopfield=hopfield)
+    objective, hopfield, beta_from_spread = variant
+    betas = (BETA, BETA) if beta_from_spread is None else (
+        beta_from_spread / reference_spread(image), beta_from_spread / reference_spread(text))
+    loss = reference_cloob(x, y, scale, betas[0], anchor_indices, objective=objective, hopfield=hopfield,
+                           text_beta=betas[1])
     loss.backward()
     return loss.detach(), x.grad, y.grad, scale.grad
 

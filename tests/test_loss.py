@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 import open_clip_cloob.loss as loss_module
-from cloob_reference import reference_cloob, reference_hopfield, reference_info_loob, reference_info_nce, unit_rows
+from cloob_reference import (
+    reference_cloob, reference_hopfield, reference_info_loob, reference_info_nce, reference_spread, unit_rows)
 from open_clip_cloob import (LOSS_VARIANTS, CloobLoss, cloob_loss, collapsed_loss, hopfield_retrieval, info_loob,
-                             info_nce)
+                             info_nce, similarity_spread)
 
 CASES = [  # N, d, beta, inv_tau
     (2, 3, 8.0, 30.0),
@@ -342,3 +343,14 @@ def test_identical_embeddings_give_the_collapsed_loss(variant, memory_efficient,
 def test_collapsed_loss_bad_arguments_raise(args, message):
     with pytest.raises(ValueError, match=message):
         collapsed_loss(*args)
+
+
+@pytest.mark.parametrize("n,d", [(2, 3), (7, 4), (13, 6)])
+def test_similarity_spread_matches_the_pairwise_definition(n, d):
+    patterns = unit_rows(n, d, seed=n) * torch.linspace(0.5, 1.5, n, dtype=torch.float64)[:, None]
+    assert similarity_spread(patterns).item() == pytest.approx(reference_spread(patterns), rel=1e-10, abs=1e-14)
+
+
+def test_beta_from_spread_must_be_positive():
+    with pytest.raises(ValueError, match="beta_from_spread"):
+        CloobLoss(beta_from_spread=0.0)

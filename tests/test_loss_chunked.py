@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import open_clip_cloob.loss as loss_module
-from cloob_reference import reference_cloob, unit_rows
-from open_clip_cloob import CloobLoss, cloob_loss, hopfield_retrieval, info_loob, info_nce
+from cloob_reference import reference_cloob, reference_spread, unit_rows
+from open_clip_cloob import CloobLoss, cloob_loss, hopfield_retrieval, info_loob, info_nce, memory_betas
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,6 +142,23 @@ def test_automatic_choice_switches_to_chunks_above_the_budget(small_chunks):
     assert loss._chunk_size(9, 9) == 7  # 81 do not: 64 // 9 rows per chunk
     assert CloobLoss(memory_efficient=False)._chunk_size(100, 100) is None
     assert CloobLoss(memory_efficient=True)._chunk_size(2, 2) == 32
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_beta_from_spread_is_cloob_with_each_memorys_beta_k_over_its_spread(small_chunks, memory_efficient):
+    x = unit_rows(9, 6, seed=21)
+    y = F.normalize(unit_rows(9, 6, seed=22) + 0.5 * x, dim=-1)
+    scale = torch.tensor(30.0, dtype=torch.float64)
+    image_beta, text_beta = 3.0 / reference_spread(x), 3.0 / reference_spread(y)
+    assert memory_betas(x, y, 8.0, 3.0) == pytest.approx((image_beta, text_beta), rel=1e-10)
+    assert memory_betas(x, y, 8.0) == (8.0, 8.0)
+    # β is a constant of the step (computed without gradient): the reference with fixed βs.
+    got = _value_and_grads(CloobLoss(beta_from_spread=3.0, memory_efficient=memory_efficient), x, y, scale)
+    want = _value_and_grads(lambda a, b, s: reference_cloob(a, b, s, image_beta, text_beta=text_beta), x, y, scale)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert cloob_loss(x, y, scale, beta_from_spread=3.0) == pytest.approx(got[0].item(), rel=1e-12)
+
 
 
 # Peak memory above the inputs of the CPU cases, all in one fresh interpreter (bench_loss.run_case

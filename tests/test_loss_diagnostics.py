@@ -4,13 +4,14 @@ import torch
 import torch.nn.functional as F
 
 import open_clip_cloob.loss as loss_module
-from cloob_reference import reference_hopfield_diagnostics, unit_rows
+from cloob_reference import reference_hopfield_diagnostics, reference_spread, unit_rows
 from open_clip_cloob import CloobLoss, hopfield_diagnostics
 
 KEYS = {
     "attended_patterns_image_from_images", "attended_patterns_text_from_images",
     "attended_patterns_image_from_texts", "attended_patterns_text_from_texts",
     "mean_cosine_images", "mean_cosine_texts", "positive_minus_negative",
+    "spread_images", "spread_texts", "beta_images", "beta_texts",
 }
 ATTENDED = sorted(k for k in KEYS if k.startswith("attended_patterns"))
 
@@ -23,7 +24,11 @@ def test_matches_float64_reference(n, d, beta):
     got = hopfield_diagnostics(x, y, beta)
     want = reference_hopfield_diagnostics(x, y, beta)
     assert got.keys() == KEYS and all(type(v) is float for v in got.values())
-    assert got == pytest.approx(want, rel=1e-10, abs=1e-12)
+    # A spread is the square root of a variance: a variance at rounding level (n = 2: both ordered
+    # pairs have the same dot product, σ = 0) becomes ~1e-8.
+    spreads = {"spread_images", "spread_texts"}
+    assert {k: got[k] for k in spreads} == pytest.approx({k: want[k] for k in spreads}, rel=1e-10, abs=1e-7)
+    assert {k: got[k] for k in KEYS - spreads} == pytest.approx({k: want[k] for k in KEYS - spreads}, rel=1e-10, abs=1e-12)
 
 
 def test_chunked_blocks_give_the_same_values(monkeypatch):
@@ -85,3 +90,26 @@ def test_module_diagnostics_use_its_beta():
 def test_bad_input_raises(x, y, beta, message):
     with pytest.raises(ValueError, match=message):
         hopfield_diagnostics(x, y, beta)
+
+
+def test_beta_from_spread_matches_the_reference_with_each_memorys_beta():
+    x, y = unit_rows(11, 5, seed=7), unit_rows(11, 5, seed=8) + 0.3 * unit_rows(11, 5, seed=7)
+    y = F.normalize(y, dim=-1)
+    got = hopfield_diagnostics(x, y, 8.0, beta_from_spread=2.0)
+    spread_x, spread_y = reference_spread(x), reference_spread(y)
+    want = reference_hopfield_diagnostics(x, y, 2.0 / spread_x, text_beta=2.0 / spread_y)
+    assert got == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_beta_from_spread_keeps_attention_sharp_as_embeddings_become_collinear():
+    # x_i = rownorm(c + ε z_i): as ε → 0 the pairwise cosines tend to 1 and their spread to 0.
+    center, noise = unit_rows(1, 8, seed=9), unit_rows(32, 8, seed=10)
+    attended = {}
+    for epsilon in (1e-1, 3e-2, 1e-2):
+        x = F.normalize(center + epsilon * noise, dim=-1)
+        constant = hopfield_diagnostics(x, x, 8.0)["attended_patterns_image_from_images"]
+        adaptive = hopfield_diagnostics(x, x, 8.0, beta_from_spread=2.0)["attended_patterns_image_from_images"]
+        attended[epsilon] = (constant, adaptive)
+    # A constant β attends ever more uniformly (→ 32 patterns); β = K/σ keeps the same attention.
+    assert attended[1e-2][0] > 31.9 and attended[1e-1][0] < attended[1e-2][0]
+    assert attended[1e-2][1] == pytest.approx(attended[1e-1][1], rel=0.05) and attended[1e-2][1] < 8

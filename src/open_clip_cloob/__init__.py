@@ -22,6 +22,8 @@ from .loss import (
     hopfield_retrieval,
     info_loob,
     info_nce,
+    memory_betas,
+    similarity_spread,
 )
 from .pretrained import register_pretrained_tags
 from .registry import add_model_configs, list_cloob_models, register_model_configs
@@ -70,6 +72,8 @@ __all__ = [
     "info_nce",
     "list_cloob_models",
     "load_checkpoint_file",
+    "memory_betas",
     "register_model_configs",
     "register_pretrained_tags",
+    "similarity_spread",
 ]

@@ -164,20 +164,27 @@ def hopfield_retrieval(
 
 
 def cross_hopfield_retrieval(
-        image: torch.Tensor, text: torch.Tensor, beta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        image: torch.Tensor, text: torch.Tensor, beta: float,
+        text_memory_beta: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(Hop(Y, X), Hop(X, Y))`` from one similarity product: Y Xᵀ and X Yᵀ are transposes.
 
     Args:
         image: [n, d] image patterns X (states of the second retrieval, memory of the first).
         text: [n, d] text patterns Y.
-        beta: inverse temperature β > 0.
+        beta: inverse temperature β > 0 (of both retrievals, or of Hop(Y, X) with ``text_memory_beta``).
+        text_memory_beta: β of Hop(X, Y), the retrieval from text memory; default ``beta``.
 
     Returns:
         [n, d] texts retrieved from image memory, [n, d] images retrieved from text memory.
     """
-    scores = beta * (text @ image.T)  # [n_text, n_image]
-    text_from_images = torch.softmax(scores, dim=1) @ image
-    image_from_texts = torch.softmax(scores, dim=0).T @ text
+    if text_memory_beta is None or text_memory_beta == beta:
+        scores = beta * (text @ image.T)  # [n_text, n_image]
+        text_from_images = torch.softmax(scores, dim=1) @ image
+        image_from_texts = torch.softmax(scores, dim=0).T @ text
+    else:
+        similarities = text @ image.T
+        text_from_images = torch.softmax(beta * similarities, dim=1) @ image
+        image_from_texts = torch.softmax(text_memory_beta * similarities, dim=0).T @ text
     return F.normalize(text_from_images, dim=-1), F.normalize(image_from_texts, dim=-1)
 
 
@@ -328,33 +335,84 @@ class _Batch(NamedTuple):
 
 
 def _retrieval_pairs(
-        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
+        batch: _Batch, betas: Tuple[float, float], chunk_size: Optional[int],
+        gather_candidates: Optional[Gather]) -> Pairs:
     """CLOOB's pairs ``(U_x, U_y), (V_y, V_x)``: the states' four Hopfield retrievals from the memory.
 
+    ``betas``: β of the retrievals from image memory and from text memory (:func:`memory_betas`).
     ``gather_candidates`` is None when the states are the whole batch (the memory); for a rank's
     own states (``local_loss``) it all-gathers the retrieved candidates U_y, V_x to the global batch.
     """
+    image_beta, text_beta = betas
     if chunk_size is None and gather_candidates is None:
-        image_from_images = hopfield_retrieval(batch.image_memory, batch.image_memory, beta)  # U_x
+        image_from_images = hopfield_retrieval(batch.image_memory, batch.image_memory, image_beta)  # U_x
         text_from_images, image_from_texts = cross_hopfield_retrieval(  # U_y, V_x
-            batch.image_memory, batch.text_memory, beta)
-        text_from_texts = hopfield_retrieval(batch.text_memory, batch.text_memory, beta)  # V_y
+            batch.image_memory, batch.text_memory, image_beta, text_beta)
+        text_from_texts = hopfield_retrieval(batch.text_memory, batch.text_memory, text_beta)  # V_y
     else:
         # Four separate calls rather than stacked [x; y] states: each call saves its own inputs
         # for backward, where a stacked copy would add [2N, d] tensors to the memory peak.
-        image_from_images = hopfield_retrieval(batch.image_states, batch.image_memory, beta, chunk_size)
-        text_from_images = hopfield_retrieval(batch.text_states, batch.image_memory, beta, chunk_size)
-        image_from_texts = hopfield_retrieval(batch.image_states, batch.text_memory, beta, chunk_size)
-        text_from_texts = hopfield_retrieval(batch.text_states, batch.text_memory, beta, chunk_size)
+        image_from_images = hopfield_retrieval(batch.image_states, batch.image_memory, image_beta, chunk_size)
+        text_from_images = hopfield_retrieval(batch.text_states, batch.image_memory, image_beta, chunk_size)
+        image_from_texts = hopfield_retrieval(batch.image_states, batch.text_memory, text_beta, chunk_size)
+        text_from_texts = hopfield_retrieval(batch.text_states, batch.text_memory, text_beta, chunk_size)
     if gather_candidates is not None:
         text_from_images, image_from_texts = gather_candidates(text_from_images, image_from_texts)
     return (image_from_images, text_from_images), (text_from_texts, image_from_texts)
 
 
 def _embedding_pairs(
-        batch: _Batch, beta: float, chunk_size: Optional[int], gather_candidates: Optional[Gather]) -> Pairs:
+        batch: _Batch, betas: None, chunk_size: Optional[int],
+        gather_candidates: Optional[Gather]) -> Pairs:
     """The plain embeddings' pairs ``(X, Y), (Y, X)``; the candidates are the (gathered) batch itself."""
     return (batch.image_states, batch.text_memory), (batch.text_states, batch.image_memory)
+
+
+def similarity_spread(patterns: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of the pairwise dot products ``p_i·p_j``, i ≠ j, of [n, d] patterns, n ≥ 2.
+
+    Computed in O(n·d²) without forming [n, n], and from the centred patterns so that nearly
+    collinear ones (cosines all close to 1) keep their precision: with ``p_i = m + q_i`` (m the mean
+    pattern), ``p_i·p_j = m·m + t_ij``, ``t_ij = a_i + a_j + q_i·q_j``, ``a_i = m·q_i``; since
+    ``Σ_i q_i = 0``, ``Σ_{i≠j} t_ij = −Σ_i |q_i|²`` and
+    ``Σ_{i≠j} t_ij² = 2n Σ_i a_i² + ‖QᵀQ‖_F² − Σ_i (2a_i + |q_i|²)²``. For unit rows these are
+    cosines. Returns a 0-dim tensor (no gradient).
+    """
+    with torch.no_grad():
+        n = patterns.shape[0]
+        pairs = n * (n - 1)
+        mean = patterns.mean(dim=0)
+        centred = patterns - mean
+        projections = centred @ mean  # a_i
+        squared_norms = (centred * centred).sum(dim=1)  # |q_i|²
+        gram = centred.T @ centred
+        total = -squared_norms.sum()
+        total_square = (2 * n * (projections * projections).sum() + (gram * gram).sum()
+                        - (2 * projections + squared_norms).square().sum())
+        return (total_square / pairs - (total / pairs) ** 2).clamp_min(0).sqrt()
+
+
+# σ below this is a memory of (numerically) identical patterns: attention is uniform at any β.
+_MIN_SPREAD = 1e-6
+
+
+def memory_betas(image_memory: torch.Tensor, text_memory: torch.Tensor, hopfield_beta: float,
+                 beta_from_spread: Optional[float] = None) -> Tuple[float, float]:
+    """β of the retrievals from image memory and from text memory, [N, d] unit rows each.
+
+    The paper's β is a constant: ``(hopfield_beta, hopfield_beta)``. With ``beta_from_spread`` = K
+    (an opt-in remedy, not the paper's method) each memory M gets ``β_M = K / σ(M)``,
+    σ = :func:`similarity_spread`, recomputed from the batch on every call without gradient: the
+    scores β·s_i·m_j a retrieval's softmax sees then have spread K whatever the embeddings' spread,
+    so nearly collinear embeddings (σ → 0) never make the attention uniform, the state in which
+    every retrieval is the batch mean and the loss has almost no gradient. Costs O(N·d²) and one
+    host synchronisation per call (β must be a number for the chunked path).
+    """
+    if beta_from_spread is None:
+        return hopfield_beta, hopfield_beta
+    spreads = torch.stack([similarity_spread(image_memory), similarity_spread(text_memory)])
+    image_beta, text_beta = (beta_from_spread / spreads.clamp_min(_MIN_SPREAD)).tolist()
+    return image_beta, text_beta
 
 
 def _loss(
@@ -367,6 +425,7 @@ def _loss(
         chunk_size: Optional[int],
         gather: Optional[Gather] = None,
         local_rank: Optional[int] = None,
+        beta_from_spread: Optional[float] = None,
 ) -> torch.Tensor:
     """``τ · [ℓ(A₁, B₁) + ℓ(A₂, B₂)]`` of one process: the implementation behind :func:`cloob_loss`
     and :class:`CloobLoss`, in float32 (or the inputs' wider dtype) even under autocast.
@@ -374,6 +433,7 @@ def _loss(
     ``gather`` is None for one process holding the whole batch; otherwise it all-gathers two
     [n, d] tensors of every rank to [n·world_size, d], which become the memory and candidates.
     ``local_rank`` (with ``gather``) scores only that rank's own anchors (``local_loss``).
+    ``beta_from_spread``: see :func:`memory_betas`.
     """
     # Softmax and logsumexp over a large batch lose too much in half precision.
     dtype = torch.promote_types(image_features.dtype, torch.float32)
@@ -384,8 +444,8 @@ def _loss(
         image_memory, text_memory = (image, text) if gather is None else gather(image, text)
         local = local_rank is not None
         batch = _Batch(*((image, text) if local else (image_memory, text_memory)), image_memory, text_memory)
-        pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(
-            batch, hopfield_beta, chunk_size, gather if local else None)
+        betas = memory_betas(image_memory, text_memory, hopfield_beta, beta_from_spread) if hopfield else None
+        pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(batch, betas, chunk_size, gather if local else None)
         leave_out_positive = _LEAVES_OUT_POSITIVE[objective]
         (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
         if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
@@ -400,6 +460,11 @@ def _loss(
 def _check_beta(hopfield_beta: float) -> None:
     if not hopfield_beta > 0:
         raise ValueError(f"hopfield_beta must be > 0, got {hopfield_beta}")
+
+
+def _check_beta_from_spread(beta_from_spread: Optional[float]) -> None:
+    if beta_from_spread is not None and not beta_from_spread > 0:
+        raise ValueError(f"beta_from_spread must be None or > 0, got {beta_from_spread}")
 
 
 def _check_objective(objective: str) -> None:
@@ -431,6 +496,7 @@ def cloob_loss(
         objective: str = "infoloob",
         hopfield: bool = True,
         chunk_size: Optional[int] = None,
+        beta_from_spread: Optional[float] = None,
 ) -> torch.Tensor:
     """CLOOB loss (or an ablation of it) of one process holding the whole batch.
 
@@ -448,14 +514,18 @@ def cloob_loss(
         hopfield: score the Hopfield retrievals (True) or the embeddings themselves (False).
         chunk_size: None computes [N, N] matrices at once; an int computes every retrieval and
             score that many rows at a time (memory linear in N, see :class:`CloobLoss`).
+        beta_from_spread: None (the paper) or K > 0: β of each memory from its similarity spread,
+            replacing ``hopfield_beta`` (:func:`memory_betas`).
 
     Returns:
         Scalar loss in float32 (or in the inputs' dtype when wider), also under autocast.
     """
     _check_beta(hopfield_beta)
+    _check_beta_from_spread(beta_from_spread)
     _check_objective(objective)
     _check_features(image_features, text_features, world_size=1)
-    return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size)
+    return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size,
+                 beta_from_spread=beta_from_spread)
 
 
 def _gather_keywords(use_horovod: bool) -> Dict[str, bool]:
@@ -504,6 +574,8 @@ class CloobLoss(nn.Module):
             exceed ``CHUNK_ELEMENTS``.
         objective: ``"infoloob"`` (CLOOB) or ``"infonce"``.
         hopfield: score the Hopfield retrievals (True, CLOOB) or the plain embeddings (False).
+        beta_from_spread: None (the paper's constant β) or K > 0: each memory's β from its
+            similarity spread every step, K / σ (:func:`memory_betas`), replacing ``hopfield_beta``.
     """
 
     def __init__(
@@ -518,10 +590,12 @@ class CloobLoss(nn.Module):
             memory_efficient: Optional[bool] = None,
             objective: str = "infoloob",
             hopfield: bool = True,
+            beta_from_spread: Optional[float] = None,
     ):
         super().__init__()
         _check_beta(hopfield_beta)
         _check_objective(objective)
+        _check_beta_from_spread(beta_from_spread)
         self.hopfield_beta = float(hopfield_beta)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
@@ -532,6 +606,7 @@ class CloobLoss(nn.Module):
         self.memory_efficient = memory_efficient
         self.objective = objective
         self.hopfield = hopfield
+        self.beta_from_spread = beta_from_spread
         self._gather_keywords = _gather_keywords(use_horovod)
         if local_loss and world_size > 1 and not gather_with_grad:
             _logger.warning(
@@ -573,7 +648,8 @@ class CloobLoss(nn.Module):
         chunk_size = self._chunk_size(image_features.shape[0] if local else n_memory, n_memory)
         loss = _loss(
             image_features, text_features, logit_scale, self.hopfield_beta, self.objective, self.hopfield,
-            chunk_size, gather=self._gather if distributed else None, local_rank=self.rank if local else None)
+            chunk_size, gather=self._gather if distributed else None, local_rank=self.rank if local else None,
+            beta_from_spread=self.beta_from_spread)
         return {"cloob_loss": loss} if output_dict else loss
 
     def diagnostics(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Dict[str, float]:
@@ -592,7 +668,7 @@ class CloobLoss(nn.Module):
             image, text = image_features.detach(), text_features.detach()
             if self.world_size > 1:
                 image, text = self._gather(image, text)
-            return hopfield_diagnostics(image, text, self.hopfield_beta)
+            return hopfield_diagnostics(image, text, self.hopfield_beta, self.beta_from_spread)
 
     def _chunk_size(self, n_states: int, n_memory: int) -> Optional[int]:
         """Rows per chunk for the memory-efficient path, or None for the direct path."""
@@ -625,7 +701,8 @@ def _mean_off_diagonal_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def hopfield_diagnostics(
-        image_features: torch.Tensor, text_features: torch.Tensor, hopfield_beta: float) -> Dict[str, float]:
+        image_features: torch.Tensor, text_features: torch.Tensor, hopfield_beta: float,
+        beta_from_spread: Optional[float] = None) -> Dict[str, float]:
     """Diagnostics of the Hopfield step on one batch, for logging steps (nothing runs otherwise).
 
     Rows are L2-normalised first (OpenCLIP's features already are); x_i, y_i are the unit image and
@@ -639,6 +716,7 @@ def hopfield_diagnostics(
         image_features: [N, d] image embeddings X, N ≥ 2.
         text_features: [N, d] text embeddings Y (row i pairs with image i).
         hopfield_beta: Hopfield inverse temperature β > 0.
+        beta_from_spread: None, or K: each memory's β from its spread (:func:`memory_betas`).
 
     Returns:
         ``attended_patterns_image_from_images`` (U_x = Hop(X, X)),
@@ -647,24 +725,32 @@ def hopfield_diagnostics(
         ``attended_patterns_text_from_texts`` (V_y = Hop(Y, Y)), each in [1, N];
         ``mean_cosine_images`` = mean_{i≠j} x_i·x_j and ``mean_cosine_texts`` = mean_{i≠j} y_i·y_j
         (1 for a collapsed batch); ``positive_minus_negative`` = mean_i x_i·y_i − mean_{i≠j} x_i·y_j
-        (0 when pairs are no more similar than non-pairs).
+        (0 when pairs are no more similar than non-pairs); ``spread_images`` = σ(X) and
+        ``spread_texts`` = σ(Y) (:func:`similarity_spread`); ``beta_images``, ``beta_texts``: the β of
+        the retrievals from each memory (``hopfield_beta``, or K / σ with ``beta_from_spread``).
+        β·σ ≪ 1 means nearly uniform attention: every retrieval is close to the batch mean.
     """
     _check_beta(hopfield_beta)
+    _check_beta_from_spread(beta_from_spread)
     _check_features(image_features, text_features, world_size=1)
     dtype = torch.promote_types(image_features.dtype, torch.float32)
     with torch.autocast(device_type=image_features.device.type, enabled=False):
         x = F.normalize(image_features.to(dtype), dim=-1)
         y = F.normalize(text_features.to(dtype), dim=-1)
+        image_beta, text_beta = memory_betas(x, y, hopfield_beta, beta_from_spread)
         values = {
-            "attended_patterns_image_from_images": _mean_attended_patterns(x, x, hopfield_beta),
-            "attended_patterns_text_from_images": _mean_attended_patterns(y, x, hopfield_beta),
-            "attended_patterns_image_from_texts": _mean_attended_patterns(x, y, hopfield_beta),
-            "attended_patterns_text_from_texts": _mean_attended_patterns(y, y, hopfield_beta),
+            "attended_patterns_image_from_images": _mean_attended_patterns(x, x, image_beta),
+            "attended_patterns_text_from_images": _mean_attended_patterns(y, x, image_beta),
+            "attended_patterns_image_from_texts": _mean_attended_patterns(x, y, text_beta),
+            "attended_patterns_text_from_texts": _mean_attended_patterns(y, y, text_beta),
             "mean_cosine_images": _mean_off_diagonal_dot(x, x),
             "mean_cosine_texts": _mean_off_diagonal_dot(y, y),
             "positive_minus_negative": (x * y).sum(dim=1).mean() - _mean_off_diagonal_dot(x, y),
+            "spread_images": similarity_spread(x),
+            "spread_texts": similarity_spread(y),
         }
-    return dict(zip(values, torch.stack(list(values.values())).tolist()))
+    diagnostics = dict(zip(values, torch.stack(list(values.values())).tolist()))
+    return {**diagnostics, "beta_images": image_beta, "beta_texts": text_beta}
 
 
 def collapsed_loss(batch_size: int, inv_tau: float, objective: str = "infoloob") -> float:
