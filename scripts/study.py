@@ -11,10 +11,10 @@ equal epochs; OpenCLIP writes a checkpoint after each, which is exported
 
 ::
 
-    python scripts/study.py --out study-out/grid                           # what `make study` runs
+    python scripts/study.py --out study-out                                # what `make study` runs
     python scripts/study.py --losses cloob,clip,infoloob,cloob-infonce --betas 8 --seeds 0,1,2 \\
-        --steps 1200 --eval-points 4 --out study-out/grid
-    python scripts/study.py --losses cloob --betas 2,4,8,16,32 --out study-out/grid     # a β sweep
+        --steps 1200 --eval-points 4 --out study-out
+    python scripts/study.py --losses cloob --betas 2,4,8,16,32 --out study-out          # a β sweep
     python scripts/study.py --extra-flags "--lr 5e-4" --extra-flags "--lr 2e-3" ...     # a grid over flags
     python scripts/study.py --data other/manifest.json ...         # other data (see scripts/pipeline.py)
     python scripts/study.py --train-data 'shards/{00..09}.tar' --zeroshot bench/cars bench/flowers \\
@@ -34,7 +34,13 @@ Data: by default the demo's (``scripts/make_demo_data.py``), built once into ``O
 data manifest (``--data``); or ``--train-data`` (webdataset shards or a CSV) with ``--zeroshot``
 folders in CLIP_benchmark's ``wds/`` layout and optional ``--analysis-data`` pairs. A CSV epoch is
 one pass over the file, so with a CSV the steps follow from its size: steps = eval points ×
-(rows // batch size).
+(rows // batch size). CSV files are read with OpenCLIP's default columns (``filepath``, ``title``,
+tab-separated); ``--extra-flags`` can change them for training, not for the analysis.
+
+On disk a finished run keeps its logs, tensorboard events and results (about 0.2 MB for the demo's
+model); its epoch checkpoints exist from training until each is evaluated (``--eval-points`` of them
+at most, e.g. 4 × 40 MB for the demo's model, 4 × 1.2 GB for RN50). ``--dry-run`` builds the demo's
+data when it is missing (it names the runs).
 
 Resumable: a run is keyed by its settings (``OUT/runs/<loss>[-b<β>]-s<seed>-<hash>/``); one whose
 ``result.json`` exists is skipped, an interrupted one continues (training with ``--resume latest``
@@ -107,10 +113,11 @@ class RunFailed(ChildProcessError):
 
 
 def launch_training(argv: Sequence[str], log_file: Path, env: Mapping[str, str]) -> subprocess.Popen:
-    """Start ``python -m training.main argv`` with stdout and stderr to ``log_file``."""
+    """Start ``python -m training.main argv`` (in this working directory, where relative data paths point)
+    with stdout and stderr to ``log_file``."""
     with open(log_file, "w") as log:
         return subprocess.Popen([sys.executable, "-m", "training.main", *argv], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=REPO, env=dict(env))
+                                stderr=subprocess.STDOUT, env=dict(env))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +306,9 @@ class Study:
         if not last:
             shutil.rmtree(model_dir)
         checkpoint_file(folder, epoch).unlink()
-        _logger.info("[study] %s: step %d evaluated (%s)", folder.name, point["step"], ", ".join(
-            f"{label} {100 * metrics[name][key]:.1f}" for name, key, label in zero_shot_metrics(self.manifest["benchmark"])))
+        headline = zero_shot_metrics(self.manifest["benchmark"])
+        _logger.info("[study] %s: step %d evaluated (%s)", folder.name, point["step"],
+                     ", ".join(f"{label} {100 * metrics[name][key]:.1f}" for name, key, label in headline))
         return point
 
     def _analyse(self, settings: Mapping[str, Any], folder: Path) -> Tuple[Optional[Dict[str, Any]], float]:
@@ -472,7 +480,7 @@ def group_configs(results: Sequence[Mapping[str, Any]]) -> List[List[Mapping[str
     groups: Dict[str, List[Mapping[str, Any]]] = {}
     for result in results:
         groups.setdefault(config_key(result["settings"]), []).append(result)
-    order = list(training_params.LOSSES[::-1])
+    order = [training_params.OPENCLIP_LOSS, *training_params.CLOOB_LOSSES]
 
     def key(group):
         settings = group[0]["settings"]
@@ -553,8 +561,9 @@ def plot_zero_shot(configs, labels, colors, metrics, sets, path: Path) -> str:
     plt, figure, axes = panel_grid(len(metrics), 3)
     for axis, (name, key, title) in zip(axes, metrics):
         for group, label, color in zip(configs, labels, colors):
-            plot_band(axis, [([p["step"] for p in r["zeroshot"]], [100 * p["metrics"][name][key] for p in r["zeroshot"]])
-                             for r in group], label, color, marker="o")
+            curves = [([point["step"] for point in r["zeroshot"]],
+                       [100 * point["metrics"][name][key] for point in r["zeroshot"]]) for r in group]
+            plot_band(axis, curves, label, color, marker="o")
         chance = sets[name]["chance_percent"]
         if chance is not None:
             axis.axhline(chance, color="black", linestyle="--", linewidth=1, label="chance")
@@ -575,8 +584,6 @@ def plot_diagnostics(configs, labels, colors, keys, path: Path) -> str:
                       if key in r["diagnostics"]]
             if curves:
                 plot_band(axis, curves, label, color)
-        if key.startswith("attended_patterns"):
-            axis.set_yscale("log")
         axis.set_title(key.replace("_", " "), fontsize=9)
         axis.set_xlabel("step")
         axis.grid(True, alpha=0.3)
@@ -597,8 +604,9 @@ def final_columns(metrics) -> List[Tuple[Optional[str], str, str, float]]:
             + [(None, key, label, 1.0) for key, label in EFFECTIVE_RANKS])
 
 
-def plot_final(configs, labels, colors, metrics, path: Path) -> str:
-    """The final value of every column of the table: a bar per configuration (mean), a dot per seed."""
+def plot_final(configs, labels, colors, metrics, sets, path: Path) -> str:
+    """The final value of every column of the table: a bar per configuration (mean), a dot per seed,
+    chance dashed."""
     columns = final_columns(metrics)
     plt, figure, axes = panel_grid(len(columns), 3, (max(4.2, 0.55 * len(configs) + 1.5), 3.6))
     for axis, (name, key, title, scale) in zip(axes, columns):
@@ -607,6 +615,8 @@ def plot_final(configs, labels, colors, metrics, path: Path) -> str:
             if values:
                 axis.bar(index, statistics.mean(values), color=color, alpha=0.6)
                 axis.scatter([index] * len(values), values, color="black", s=10, zorder=3)
+        if name is not None and sets[name]["chance_percent"] is not None:
+            axis.axhline(sets[name]["chance_percent"], color="black", linestyle="--", linewidth=1)
         axis.set_xticks(range(len(configs)), labels, rotation=45, ha="right", fontsize=7)
         axis.set_title(title, fontsize=10)
         axis.grid(True, axis="y", alpha=0.3)
@@ -673,14 +683,17 @@ def analysis_table(configs, labels) -> str:
 
 
 def collapse_lines(results) -> str:
+    """Markdown: the runs whose ``train/collapse_warning`` went above 0, with the first such step."""
     logged = [r for r in results if r["collapse_warning"] is not None]
     if not logged:
         return "n/a: no run logged `train/collapse_warning` (a `training.main` without the collapse check).\n"
-    warned = [(r["run"], next(step for step, value in zip(r["collapse_warning"]["step"], r["collapse_warning"]["value"])
-                               if value > 0)) for r in logged if any(v > 0 for v in r["collapse_warning"]["value"])]
-    if not warned:
-        return f"None of the {len(logged)} runs that check for collapse warned.\n"
-    return "".join(f"- `{run}`: first warning at step {step}\n" for run, step in warned)
+    lines = []
+    for r in logged:
+        warning = r["collapse_warning"]
+        steps = [step for step, value in zip(warning["step"], warning["value"]) if value > 0]
+        if steps:
+            lines.append(f"- `{r['run']}`: first warning at step {steps[0]}\n")
+    return "".join(lines) or f"None of the {len(logged)} runs that check for collapse warned.\n"
 
 
 def data_section(index: int, results: Sequence[Mapping[str, Any]], report: Path) -> str:
@@ -696,13 +709,13 @@ def data_section(index: int, results: Sequence[Mapping[str, Any]], report: Path)
     plots = {
         "loss": plot_learning_curves(configs, labels, colors, report / f"loss_curves{suffix}.png"),
         "zeroshot": plot_zero_shot(configs, labels, colors, metrics, sets, report / f"zeroshot_curves{suffix}.png"),
-        "final": plot_final(configs, labels, colors, metrics, report / f"final{suffix}.png"),
+        "final": plot_final(configs, labels, colors, metrics, sets, report / f"final{suffix}.png"),
     }
     keys = [key for key in DIAGNOSTICS if any(key in r["diagnostics"] for r in results)]
     keys += sorted({key for r in results for key in r["diagnostics"]} - set(keys))
     if keys:
-        diagnostics = f"![Hopfield diagnostics](" + plot_diagnostics(
-            configs, labels, colors, keys, report / f"diagnostics{suffix}.png") + ")\n"
+        plot = plot_diagnostics(configs, labels, colors, keys, report / f"diagnostics{suffix}.png")
+        diagnostics = f"![Hopfield diagnostics]({plot})\n"
     else:
         diagnostics = ("n/a: no run logged `train/hopfield/*` scalars (a `training.main` without the Hopfield "
                        "diagnostics).\n")
@@ -751,8 +764,8 @@ def write_report(out: Path, results: Sequence[Mapping[str, Any]], smoke: bool) -
     write_json(out / "results.json", {"runs": list(results), "commands": commands})
     sections = [data_section(index, group, out) for index, group in enumerate(by_data.values(), start=1)]
     run_rows = "\n".join(
-        f"| `{r['run']}` | {r['settings']['loss']} | {r['settings']['hopfield_beta'] or ''} | {r['settings']['seed']} | "
-        f"{r['settings']['steps']} | {r['timings_s']['train']:.0f} | "
+        f"| `{r['run']}` | {r['settings']['loss']} | {r['settings']['hopfield_beta'] or ''} | "
+        f"{r['settings']['seed']} | {r['settings']['steps']} | {r['timings_s']['train']:.0f} | "
         f"{statistics.median(r['loss_curve']['seconds_per_step']):.3f} | {r['finished']} |" for r in results)
     banner = ("**Smoke run** (`--smoke`): a few steps on a data subset to check the pipeline; the numbers mean "
               "nothing.\n\n" if smoke else "")
@@ -826,7 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="runs trained at the same time (default 1)")
     run.add_argument("--keep-models", action="store_true", help="keep each run's final model folder")
     run.add_argument("--seconds-per-step", type=float, default=None,
-                     help="for the time estimate (default: measured by finished runs in OUT)")
+                     help="for the time estimate (default: measured by the finished runs in OUT, else the "
+                          "reference measurement of the default setup on CPU)")
     run.add_argument("--dry-run", action="store_true", help="print the plan and estimate; train nothing")
     run.add_argument("--smoke", action="store_true",
                      help="the demo's small data, few steps: checks the pipeline; the numbers mean nothing")
@@ -871,6 +885,9 @@ def study_data(args: argparse.Namespace, out: Path) -> Dict[str, Any]:
     if args.data is not None:
         return load_manifest(args.data)
     if args.train_data is not None:
+        names = [root.name for root in args.zeroshot]
+        if len(set(names)) != len(names):
+            raise ValueError(f"--zeroshot: the sets are named by their folders, and {names} repeat a name")
         return {"train_data": args.train_data, "dataset_type": dataset_type(args.train_data),
                 "benchmark": {root.name: benchmark_set(root) for root in args.zeroshot},
                 "analysis_data": args.analysis_data, "analysis_num_samples": args.analysis_num_samples}

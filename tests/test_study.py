@@ -87,7 +87,8 @@ def smoke_study(tmp_path_factory, study_data):
 def test_every_run_is_trained_once_and_skipped_when_finished(smoke_study):
     launches, interrupted = smoke_study["launches"], smoke_study["interrupted"]
     assert len(launches) == 3 and launches.count(interrupted) == 2  # killed, then trained again
-    assert [run["run"] for run in smoke_study["first"]["runs"]] == [name for name in launches[:2] if name != interrupted]
+    finished_first = [run["run"] for run in smoke_study["first"]["runs"]]
+    assert finished_first == [name for name in launches[:2] if name != interrupted]
     assert interrupted.startswith("clip-s0-")
     assert {run["run"] for run in smoke_study["resumed"]["runs"]} == set(launches)
 
