@@ -159,13 +159,14 @@ def data_settings(manifest: Mapping[str, Any], out: Path) -> Dict[str, Any]:
 
 
 def plan(args: argparse.Namespace, manifest: Mapping[str, Any], out: Path) -> List[Dict[str, Any]]:
-    """The settings of every run of the grid, in order: flag sets, losses, β (Hopfield losses only), seeds."""
+    """The settings of every run of the grid: seeds outermost (a study stopped early has every
+    configuration at its first seeds), then flag sets, losses, β (Hopfield losses only)."""
     data = data_settings(manifest, out)
     runs = []
-    for extra in args.extra_flags:
-        for loss in args.losses:
-            for beta in args.betas if uses_hopfield(loss) else [None]:
-                for seed in args.seeds:
+    for seed in args.seeds:
+        for extra in args.extra_flags:
+            for loss in args.losses:
+                for beta in args.betas if uses_hopfield(loss) else [None]:
                     runs.append({
                         "loss": loss, "hopfield_beta": beta, "seed": seed, "steps": args.steps,
                         "eval_points": args.eval_points, "batch_size": args.batch_size, "model": args.model,
