@@ -243,7 +243,7 @@ class Study:
                             folder.name)
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / SETTINGS_NAME, {"settings": settings, "argv": self._argv(settings)})
+        write_json(folder / SETTINGS_NAME, {"settings": settings, "argv": self.argv(settings)})
         if not (folder / TRAINED_NAME).is_file():
             self._train(settings, folder)
         with self.evaluation:
@@ -260,7 +260,8 @@ class Study:
             shutil.rmtree(folder / "final-model", ignore_errors=True)
         return result
 
-    def _argv(self, settings: Mapping[str, Any]) -> List[str]:
+    def argv(self, settings: Mapping[str, Any]) -> List[str]:
+        """The ``training.main`` flags of a run of this invocation's data."""
         return run_argv(settings, self.manifest, self.runs, self.model_config)
 
     def _resumable(self, folder: Path, settings: Mapping[str, Any]) -> bool:
@@ -274,7 +275,7 @@ class Study:
         return all(checkpoint_file(folder, epoch).is_file() for epoch in pending)
 
     def _train(self, settings: Mapping[str, Any], folder: Path) -> None:
-        argv = self._argv(settings)
+        argv = self.argv(settings)
         log = folder / "stdout.log"
         _logger.info("[study] training %s: python -m training.main %s", folder.name, shlex.join(argv))
         began = time.monotonic()
@@ -962,7 +963,7 @@ def main(argv: Optional[Sequence[str]] = None, launcher: Launcher = launch_train
         torch.set_num_threads(int(training_env(args.device, args.jobs).get("OMP_NUM_THREADS", 1)))
     study = Study(args, manifest, out, launcher, shlex.join(["python", PROG, *argv]))
     for settings in grid:  # training.main's own parser checks every command line before anything runs
-        training_params.parse_args(study._argv(settings))
+        training_params.parse_args(study.argv(settings))
     results = finished_results(study.runs)
     todo = [settings for settings in grid if not (study.folder(settings) / RESULT_NAME).is_file()]
     _logger.info("[study] %s", describe_plan(todo, len(grid) - len(todo), results, args))
