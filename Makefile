@@ -21,7 +21,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: test test-fast demo bench venv data slurm clean
+.PHONY: test test-fast demo study bench venv data slurm clean
 
 # torch/torchvision are pinned to the tested pair (pyproject.toml allows torch >=2.3,<=2.14.1);
 # everything else comes from pyproject.toml: the library and its [test] extra (= train, eval, demo).
@@ -44,6 +44,13 @@ slurm:
 # the report lands in docs/demo/ and the README's demo section. `make demo DEMO_STEPS=5000` trains longer.
 demo: venv data
 	$(VPY) scripts/demo.py $(if $(DEMO_STEPS),--steps $(DEMO_STEPS)) --report docs/demo --readme README.md
+
+# A grid of training runs with zero-shot during training (scripts/study.py): every loss of training.main
+# x 3 seeds, 1200 steps each, on the demo's data; report in study-out/report.md. It prints its estimated
+# time first; run it again to continue after an interruption. More or other runs: STUDY_ARGS, e.g.
+# `make study STUDY_ARGS="--losses cloob --betas 2,4,8,16,32"` (the same folder, one report).
+study: venv data
+	$(VPY) scripts/study.py --out study-out $(STUDY_ARGS)
 
 test: venv data slurm
 	$(VPY) -m pytest -q

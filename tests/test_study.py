@@ -1,0 +1,228 @@
+"""scripts/study.py: a tiny grid end to end (training.main runs, zero-shot at two eval points, the report), and
+how a study resumes: finished runs are skipped, an interrupted run is trained again, new seeds add runs."""
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, TINY_MODEL_CONFIG, launch
+from offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
+                          write_clip_benchmark_set, write_fashion_mnist_dataset)
+from open_clip_cloob.analysis import METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+PLOTS = ("loss_curves.png", "zeroshot_curves.png", "final.png")
+
+
+def _study_module():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return study
+
+
+@pytest.fixture(scope="module")
+def study_data(tmp_path_factory, fashion_mnist_data):
+    """A second dataset as a user would bring it: webdataset training shards, two CLIP_benchmark sets
+    (classification, retrieval) and held-out pairs, all real Fashion-MNIST images."""
+    root = tmp_path_factory.mktemp("study_data")
+    images, labels = load_fashion_mnist("test")
+    # Small sets and two prompt templates: CLIP_benchmark's cost per eval point is mostly the model's load
+    # and the classifier's prompts.
+    classes = write_clip_benchmark_set(root / "fashion_classes", images[:48], make_captions(labels[:48], seed=7),
+                                       labels[:48], FASHION_MNIST_CLASSES, CAPTION_TEMPLATES[:2])
+    captions = write_clip_benchmark_set(root / "fashion_captions", images[48:72], make_captions(labels[48:72], seed=8))
+    pairs = write_fashion_mnist_dataset(root / "pairs", "test", 48, "webdataset", seed=5, samples_per_shard=48)
+    return ["--train-data", "::".join(str(shard) for shard in fashion_mnist_data["shards"]),
+            "--zeroshot", str(classes), str(captions), "--analysis-data", str(pairs[0]),
+            "--analysis-num-samples", "48"]
+
+
+def grid_argv(data, out, seeds="0"):
+    return [*data, "--losses", "cloob,clip", "--seeds", seeds, "--steps", "4", "--eval-points", "2",
+            "--batch-size", "32", "--model", TINY_MODEL, "--model-config", str(TINY_MODEL_CONFIG),
+            "--device", "cpu", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory, study_data):
+    """Two runs (cloob, clip) of 4 steps with 2 eval points, trained side by side (--jobs 2), the clip run
+    killed as it starts; then the same command again: it trains the killed run and skips the other."""
+    study = _study_module()
+    out = tmp_path_factory.mktemp("study")
+    argv = grid_argv(study_data, out)
+    launches, killed = [], []
+
+    def launcher(train_argv, log_file, env):
+        name = train_argv[train_argv.index("--name") + 1]
+        launches.append(name)
+        process = launch(train_argv, log_file, env=env)
+        if name.startswith("clip") and not killed:
+            process.kill()  # an interruption: the run's folder stays, unfinished
+            killed.append(name)
+        return process
+
+    # The evaluations run in this process: one thread, like the training processes (conftest.launch);
+    # OpenMP threads spin-waiting for a busy core slow them several times on the shared test machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(study.RunFailed, match="1 of 2 runs failed"):
+            study.main([*argv, "--jobs", "2"], launcher=launcher)
+        first = json.loads((out / "results.json").read_text())
+        resumed = study.main(argv, launcher=launcher)
+    finally:
+        torch.set_num_threads(threads)
+    return {"study": study, "out": out, "data": study_data, "argv": argv, "launches": launches,
+            "interrupted": killed[0], "first": first, "resumed": resumed}
+
+
+@pytest.mark.slow
+def test_every_run_is_trained_once_and_skipped_when_finished(smoke_study):
+    launches, interrupted = smoke_study["launches"], smoke_study["interrupted"]
+    assert len(launches) == 3 and launches.count(interrupted) == 2  # killed, then trained again
+    finished_first = [run["run"] for run in smoke_study["first"]["runs"]]
+    assert finished_first == [name for name in launches[:2] if name != interrupted]
+    assert interrupted.startswith("clip-s0-")
+    assert {run["run"] for run in smoke_study["resumed"]["runs"]} == set(launches)
+
+
+@pytest.mark.slow
+def test_results_hold_curves_zero_shot_per_point_and_the_analysis(smoke_study):
+    runs = smoke_study["resumed"]["runs"]
+    assert sorted((run["settings"]["loss"], run["settings"]["hopfield_beta"]) for run in runs) == [
+        ("clip", None), ("cloob", 8.0)]
+    for run in runs:
+        assert run["loss_curve"]["step"] == [1, 2, 3, 4]
+        assert [point["step"] for point in run["zeroshot"]] == [2, 4]
+        for point in run["zeroshot"]:
+            assert 0 <= point["metrics"]["fashion_classes"]["acc1"] <= 1
+            assert 0 <= point["metrics"]["fashion_captions"]["image_retrieval_recall@1"] <= 1
+        assert run["zeroshot_sets"]["fashion_classes"]["chance_percent"] == 10.0
+        assert [entry["epoch"] for entry in run["validation"]] == [1, 2]  # the held-out pairs as --val-data
+        assert all(isinstance(run["analysis"][key], float) for key, _ in METRICS)
+        assert 1 <= run["analysis"]["effective_rank_image"] <= run["analysis"]["embed_dim"]
+        assert run["diagnostics"] == {} and run["collapse_warning"] is None  # this training.main logs neither
+        folder = smoke_study["out"] / "runs" / run["run"]
+        assert not list(folder.rglob("*.pt")) and not (folder / "final-model").exists()  # only results kept
+
+
+@pytest.mark.slow
+def test_report_has_plots_tables_and_the_commands(smoke_study):
+    import matplotlib.image
+
+    out = smoke_study["out"]
+    text = (out / "report.md").read_text()
+    for plot in PLOTS:
+        assert f"]({plot})" in text and matplotlib.image.imread(out / plot).ndim == 3
+    runs = {run["settings"]["loss"]: run for run in smoke_study["resumed"]["runs"]}
+    top1 = 100 * runs["cloob"]["zeroshot"][-1]["metrics"]["fashion_classes"]["acc1"]
+    rank = runs["cloob"]["analysis"]["effective_rank_text"]
+    assert f"| cloob β=8 | 4 | 0 | {top1:.1f} (n=1) |" in text and f"{rank:.2f} (n=1)" in text
+    assert "n/a: no run logged `train/hopfield/*` scalars" in text
+    assert "python scripts/study.py " + " ".join(smoke_study["argv"][:2]) in text
+
+
+@pytest.mark.slow
+def test_more_seeds_plan_only_the_missing_runs(smoke_study):
+    study = smoke_study["study"]
+    plan = study.main([*grid_argv(smoke_study["data"], smoke_study["out"], seeds="0,1"), "--dry-run"])
+    assert sorted((s["loss"], s["seed"]) for s in plan["todo"]) == [("clip", 1), ("cloob", 1)]
+
+
+@pytest.mark.slow
+def test_report_with_diagnostics_seeds_and_a_beta_sweep(smoke_study, tmp_path):
+    """The parts of the report that this training.main cannot feed yet, from a finished run's folder with the
+    tensorboard scalars the contract names added (values of the library's hopfield_diagnostics), and from
+    copies of its result under other seeds and β (the numbers are the test's own)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from open_clip_cloob import hopfield_diagnostics
+
+    study = smoke_study["study"]
+    runs = {run["settings"]["loss"]: run for run in smoke_study["resumed"]["runs"]}
+    cloob = runs["cloob"]
+    folder = tmp_path / cloob["run"]
+    shutil.copytree(smoke_study["out"] / "runs" / cloob["run"], folder)
+    generator = torch.Generator().manual_seed(0)
+    with SummaryWriter(str(folder / "tensorboard")) as writer:
+        for step in (1, 2, 3, 4):
+            features = torch.nn.functional.normalize(torch.randn(2, 32, 16, generator=generator), dim=-1)
+            for key, value in hopfield_diagnostics(features[0], features[1], 8.0).items():
+                writer.add_scalar(f"train/hopfield/{key}", value, step)
+            writer.add_scalar("train/collapse_warning", float(step == 3), step)
+    collected = study.collect_run(folder, cloob["settings"], cloob["zeroshot_sets"], cloob["zeroshot"],
+                                  cloob["analysis"], 0.0, cloob["command"])
+    assert sorted(collected["diagnostics"]) == sorted(study.DIAGNOSTICS)
+    assert collected["diagnostics"]["mean_cosine_images"]["step"] == [1, 2, 3, 4]
+    assert collected["collapse_warning"]["value"] == [0.0, 0.0, 1.0, 0.0]
+
+    def variant(seed, beta, acc1):
+        copy = json.loads(json.dumps(collected))
+        copy["settings"].update(seed=seed, hopfield_beta=beta)
+        copy["run"] = study.run_id(copy["settings"])
+        copy["zeroshot"][-1]["metrics"]["fashion_classes"]["acc1"] = acc1
+        return copy
+
+    results = [runs["clip"], variant(0, 8.0, 0.25), variant(1, 8.0, 0.35), variant(0, 2.0, 0.5)]
+    report = study.write_report(tmp_path, results, smoke=False).read_text()
+    for plot in (*PLOTS, "diagnostics.png", "beta_sweep.png"):
+        assert f"]({plot})" in report and (tmp_path / plot).is_file()
+    assert "| cloob β=8 | 4 | 0,1 | 30.0 ± 7.1 (n=2) |" in report and "| cloob β=2 | 4 | 0 | 50.0 (n=1) |" in report
+    assert f"- `{results[1]['run']}`: first warning at step 3" in report
+
+
+@pytest.mark.slow
+def test_estimate_of_new_seeds_is_what_the_finished_runs_took(smoke_study):
+    """The estimate rates come from the folder's finished runs: the same settings under other seeds are
+    estimated at the time those runs measured (training, eval points, analysis)."""
+    study = smoke_study["study"]
+    runs = smoke_study["resumed"]["runs"]
+    todo = [{**run["settings"], "seed": 1} for run in runs]
+    estimate, source = study.estimate_seconds(todo, runs, seconds_per_step=None)
+    took = sum(run["timings_s"]["train"] + sum(run["timings_s"]["eval_points"]) + run["timings_s"]["analysis"]
+               for run in runs)
+    assert source == "finished runs of this folder" and estimate == pytest.approx(took, rel=1e-6)
+    assert study.estimate_seconds(todo, [], seconds_per_step=None)[0] is None  # tiny model: no reference
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--losses", "cloob,nonsense"], "--losses nonsense: not a --loss of training.main"),
+    (["--seeds", "0,0"], "--seeds '0,0': give distinct comma-separated values"),
+    (["--betas", "8,x"], "--betas '8,x': could not convert string to float"),
+    (["--extra-flags", "--lr 1e-4 --seed=3"], "--extra-flags: --seed is set by the study"),
+    (["--train-data", "x.tar"], "--train-data and --zeroshot go together"),
+])
+def test_bad_grids_are_refused_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _study_module().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_steps_must_fit_the_eval_points_and_a_csv(tmp_path):
+    study = _study_module()
+    with pytest.raises(ValueError, match="--steps 10 is not a multiple of --eval-points 4"):
+        study.resolve_steps(study.parse_args(["--steps", "10"]), {"dataset_type": "webdataset"})
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("filepath\ttitle\n" + "".join(f"{i}.png\tcaption {i}\n" for i in range(100)))
+    manifest = {"train_data": str(csv), "dataset_type": "csv"}
+    args = study.parse_args(["--batch-size", "16", "--eval-points", "2"])
+    assert study.resolve_steps(args, manifest) == 12  # 2 epochs of 100 // 16 steps
+    with pytest.raises(ValueError, match="6 steps, so 2 eval points mean 12 steps"):
+        study.resolve_steps(study.parse_args(["--batch-size", "16", "--eval-points", "2", "--steps", "10"]), manifest)
+
+
+def test_readme_study_commands_use_existing_flags():
+    known = set(_study_module().build_parser()._option_string_actions)
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    lines = [line.split("scripts/study.py", 1)[1] for line in text.splitlines() if "python scripts/study.py" in line]
+    # Quoted --extra-flags values are training.main's flags.
+    flags = {flag for line in lines
+             for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", re.sub(r'"[^"]*"', "", line.split("#")[0]))}
+    assert len(lines) >= 4 and flags and flags <= known, flags - known
