@@ -78,6 +78,7 @@ from pipeline import (MODEL, MODEL_CONFIG, REPO, benchmark_set, build_demo_data,
                       describe_loss, load_manifest, pyplot, read_loss_curve, training_argv, training_env,
                       uses_hopfield, zero_shot, zero_shot_metrics)
 from training import params as training_params
+from training.monitor import COLLAPSE_TAG, DIAGNOSTIC_PREFIX
 
 _logger = logging.getLogger(__name__)
 
@@ -85,13 +86,12 @@ PROG = "scripts/study.py"
 DEFAULT_STEPS, DEFAULT_EVAL_POINTS, DEFAULT_SEEDS = 1200, 4, "0,1,2"
 SMOKE = {"steps": 4, "eval_points": 2, "seeds": "0"}
 RESULT_NAME, SETTINGS_NAME, TRAINED_NAME = "result.json", "settings.json", "trained.json"
-# What training.main logs on logging steps (tensorboard): the Hopfield diagnostics of the batch and
-# the collapse warning; a run of a training.main without them has none ("n/a" in the report).
-DIAGNOSTIC_TAG_PREFIX = "train/hopfield/"
+# What training.main logs on logging steps (tensorboard, training.monitor): the Hopfield diagnostics of
+# the batch (in this order in the report) and the collapse warning.
 DIAGNOSTICS = ("attended_patterns_image_from_images", "attended_patterns_text_from_images",
                "attended_patterns_image_from_texts", "attended_patterns_text_from_texts",
-               "mean_cosine_images", "mean_cosine_texts", "positive_minus_negative")
-COLLAPSE_TAG = "train/collapse_warning"
+               "mean_cosine_images", "mean_cosine_texts", "positive_minus_negative",
+               "spread_images", "spread_texts", "beta_images", "beta_texts")
 EFFECTIVE_RANKS = (("effective_rank_image", "effective rank, images"), ("effective_rank_text", "effective rank, texts"))
 # Flags the study sets for every run; --extra-flags must not change them.
 STUDY_FLAGS = ("--loss", "--hopfield-beta", "--scale-hopfield", "--seed", "--epochs", "--train-num-samples",
@@ -374,7 +374,8 @@ def read_validation(results_jsonl: Path) -> List[Dict[str, Any]]:
     for line in results_jsonl.read_text().splitlines():
         if line.strip():
             metrics = json.loads(line)
-            by_epoch[metrics.get("epoch")] = metrics
+            if "collapse_warning" not in metrics:  # training.monitor's line, not an evaluation
+                by_epoch[metrics.get("epoch")] = metrics
     return [by_epoch[epoch] for epoch in sorted(by_epoch, key=lambda epoch: (epoch is None, epoch))]
 
 
@@ -389,8 +390,8 @@ def collect_run(folder: Path, settings: Mapping[str, Any], sets: Mapping[str, An
         "command": command,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "loss_curve": read_loss_curve(folder / "out.log", settings["batch_size"]),
-        "diagnostics": {tag[len(DIAGNOSTIC_TAG_PREFIX):]: curve for tag, curve in scalars.items()
-                        if tag.startswith(DIAGNOSTIC_TAG_PREFIX)},
+        "diagnostics": {tag[len(DIAGNOSTIC_PREFIX):]: curve for tag, curve in scalars.items()
+                        if tag.startswith(DIAGNOSTIC_PREFIX)},
         "collapse_warning": scalars.get(COLLAPSE_TAG),
         "validation": read_validation(folder / "checkpoints" / "results.jsonl"),
         "zeroshot_sets": sets,

@@ -108,7 +108,12 @@ def test_results_hold_curves_zero_shot_per_point_and_the_analysis(smoke_study):
         assert [entry["epoch"] for entry in run["validation"]] == [1, 2]  # the held-out pairs as --val-data
         assert all(isinstance(run["analysis"][key], float) for key, _ in METRICS)
         assert 1 <= run["analysis"]["effective_rank_image"] <= run["analysis"]["embed_dim"]
-        assert run["diagnostics"] == {} and run["collapse_warning"] is None  # this training.main logs neither
+        if run["settings"]["loss"] == "clip":  # no Hopfield step to watch
+            assert run["diagnostics"] == {} and run["collapse_warning"] is None
+        else:  # training.main's monitor, on its logging steps
+            assert sorted(run["diagnostics"]) == sorted(smoke_study["study"].DIAGNOSTICS)
+            assert run["diagnostics"]["mean_cosine_images"]["step"] == run["collapse_warning"]["step"]
+            assert not any(run["collapse_warning"]["value"])
         folder = smoke_study["out"] / "runs" / run["run"]
         assert not list(folder.rglob("*.pt")) and not (folder / "final-model").exists()  # only results kept
 
@@ -125,7 +130,7 @@ def test_report_has_plots_tables_and_the_commands(smoke_study):
     top1 = 100 * runs["cloob"]["zeroshot"][-1]["metrics"]["fashion_classes"]["acc1"]
     rank = runs["cloob"]["analysis"]["effective_rank_text"]
     assert f"| cloob β=8 | 4 | 0 | {top1:.1f} (n=1) |" in text and f"{rank:.2f} (n=1)" in text
-    assert "n/a: no run logged `train/hopfield/*` scalars" in text
+    assert "](diagnostics.png)" in text and "n/a: no run logged" not in text
     assert "python scripts/study.py " + " ".join(smoke_study["argv"][:2]) in text
 
 
@@ -138,9 +143,9 @@ def test_more_seeds_plan_only_the_missing_runs(smoke_study):
 
 @pytest.mark.slow
 def test_report_with_diagnostics_seeds_and_a_beta_sweep(smoke_study, tmp_path):
-    """The parts of the report that this training.main cannot feed yet, from a finished run's folder with the
-    tensorboard scalars the contract names added (values of the library's hopfield_diagnostics), and from
-    copies of its result under other seeds and β (the numbers are the test's own)."""
+    """The report's diagnostics, collapse warning, seeds and β sweep, from a finished run's folder with its
+    tensorboard scalars replaced by the test's own (values of the library's hopfield_diagnostics, a
+    warning at step 3), and from copies of its result under other seeds and β (the numbers are the test's own)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from open_clip_cloob import hopfield_diagnostics
@@ -150,6 +155,7 @@ def test_report_with_diagnostics_seeds_and_a_beta_sweep(smoke_study, tmp_path):
     cloob = runs["cloob"]
     folder = tmp_path / cloob["run"]
     shutil.copytree(smoke_study["out"] / "runs" / cloob["run"], folder)
+    shutil.rmtree(folder / "tensorboard")
     generator = torch.Generator().manual_seed(0)
     with SummaryWriter(str(folder / "tensorboard")) as writer:
         for step in (1, 2, 3, 4):

@@ -22,8 +22,9 @@ def _parse(*flags: str):
 def test_cloob_models_default_to_the_papers_cloob_settings():
     args = _parse("--model", "RN50-cloob")
     assert cloob_settings(args) == {
-        "loss": "cloob", "hopfield_beta": 8.0, "init_inv_tau": 30.0, "learnable_inv_tau": False,
-        "restart_cycles": 1}
+        "loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "init_inv_tau": 30.0,
+        "learnable_inv_tau": False, "restart_cycles": 1}
+    assert args.hopfield_monitor is True
     assert args.lr_scheduler == "cosine" and args.batch_size == 64  # OpenCLIP's own flags still parse
 
 
@@ -32,7 +33,8 @@ def test_the_torch_free_parser_agrees_with_the_library():
     assert params.CLOOB_MODEL_SUFFIX == CLOOB_SUFFIX
     assert all(params.is_cloob_model(name) for name in list_cloob_models())
     assert params.DEFAULT_HOPFIELD_BETA == inspect.signature(CloobLoss).parameters["hopfield_beta"].default
-    assert set(params.CLOOB_LOSSES) <= set(LOSS_VARIANTS)  # build_cloob_loss looks them up there
+    assert set(params.CLOOB_LOSSES) == set(LOSS_VARIANTS)  # build_cloob_loss looks them up there
+    assert set(params.HOPFIELD_LOSSES) == {name for name, kwargs in LOSS_VARIANTS.items() if kwargs["hopfield"]}
 
 
 def test_other_models_keep_openclips_loss_and_learnable_temperature():
@@ -65,6 +67,9 @@ def test_cosine_restarts_runs_through_openclips_cosine_branch():
     ("--model", "RN50-cloob", "--loss", "infonce"),
     ("--model", "RN50-cloob", "--no-such-openclip-flag"),
     ("--model", "RN50-cloob", "--hopfield", "3"),  # no abbreviations of CLOOB flags
+    ("--model", "RN50-cloob", "--hopfield-beta-from-spread", "0"),
+    ("--model", "RN50-cloob", "--loss", "infoloob", "--hopfield-beta-from-spread", "2"),  # no Hopfield step
+    ("--model", "RN50", "--hopfield-beta-from-spread", "2"),
 ])
 def test_contradictions_and_unknown_flags_are_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -92,6 +97,12 @@ def test_create_loss_is_cloob_for_cloob_and_openclips_choice_otherwise():
     assert (loss.hopfield_beta, loss.local_loss, loss.gather_with_grad, loss.rank, loss.world_size) == (
         15.0, True, True, 1, 4)
     assert type(create_loss(_with_world(_parse("--model", "RN50-cloob", "--loss", "clip")))) is ClipLoss
+    for name, kwargs in LOSS_VARIANTS.items():  # the ablations of the paper's grid, CLOOB's scale
+        variant = create_loss(_with_world(_parse("--model", "RN50", "--loss", name)))
+        assert (variant.objective, variant.hopfield, variant.beta_from_spread) == (
+            kwargs["objective"], kwargs["hopfield"], None)
+    remedy = create_loss(_with_world(_parse("--model", "RN50-cloob", "--hopfield-beta-from-spread", "2")))
+    assert remedy.beta_from_spread == 2.0
     assert type(create_loss(_with_world(_parse("--model", "RN50", "--siglip")))) is SigLipLoss
 
 

@@ -114,6 +114,7 @@ def write_fashion_mnist_dataset(
     fmt: str = "csv",
     seed: int = 0,
     samples_per_shard: int = 1000,
+    templates: Sequence[str] = CAPTION_TEMPLATES,
 ) -> Union[Path, List[Path]]:
     """Write ``num_samples`` Fashion-MNIST images of ``split`` with varied captions for OpenCLIP.
 
@@ -127,6 +128,7 @@ def write_fashion_mnist_dataset(
             shards with ``.png``/``.txt``/``.cls``, see :func:`write_webdataset_shards`).
         seed: subset and caption seed.
         samples_per_shard: webdataset only.
+        templates: caption templates with a ``{c}`` for the class name.
 
     Returns:
         The CSV path, or the list of shard paths.
@@ -138,7 +140,7 @@ def write_fashion_mnist_dataset(
         raise ValueError(f"num_samples must be in [1, {len(images)}] for split {split!r}, got {num_samples}")
     subset = np.random.default_rng(seed).permutation(len(images))[:num_samples]
     images, labels = images[subset], labels[subset]
-    captions = make_captions(labels, seed=seed)
+    captions = make_captions(labels, seed=seed, templates=templates)
     if fmt == "csv":
         return write_csv_dataset(out_dir, images, captions, csv_name=f"{split}.csv")
     return write_webdataset_shards(

@@ -33,13 +33,15 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
   on step 2 if a trainable parameter never gets a gradient).
 - ``create_loss``: the ``CloobLoss`` of a CLOOB-family ``--loss`` (its keywords are the library's
   ``LOSS_VARIANTS[name]``) or OpenCLIP's own choice for ``--loss clip``; a resumed checkpoint's
-  loss state is loaded into it.
+  loss state is loaded into it, and (``--hopfield-monitor``) a
+  :class:`training.monitor.HopfieldMonitor` watches it: Hopfield diagnostics on the steps OpenCLIP's
+  ``train_one_epoch`` logs (it mirrors that loop's logging condition), the collapse warning.
 - ``cosine_lr``: :func:`training.scheduler.cosine_restarts_lr` when ``--restart-cycles`` > 1.
 - ``train_one_epoch``: runs the epoch through :class:`training.reliability.StepLoader` (step
   boundaries: non-finite steps, ``--save-every-n-steps``, preemption signals; resuming inside the
   epoch and, for a resampled webdataset, drawing shards afresh through
-  :class:`training.reliability.ContinuedDraw`) and puts the non-finite guard on the loss and the
-  optimizer.
+  :class:`training.reliability.ContinuedDraw`), puts the non-finite guard on the loss and the
+  optimizer, and tells the monitor where the epoch starts and OpenCLIP's tensorboard writer.
 - ``enumerate`` (a builtin that ``open_clip_train.train`` looks up like a global): numbers the
   batches of a :class:`~training.reliability.StepLoader` resumed inside an epoch from the first one
   it serves, so OpenCLIP computes the real step for the learning-rate schedule, the console
@@ -93,6 +95,7 @@ from torch.utils.data import DataLoader
 from open_clip_cloob import LOSS_VARIANTS, CloobLoss
 from open_clip_cloob.checkpoint import LOSS_STATE_KEY, META_KEY
 from training import params
+from training.monitor import HopfieldMonitor
 from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
@@ -200,7 +203,8 @@ def build_cloob_loss(args: argparse.Namespace, distributed: bool = True) -> Cloo
     """
     data_parallel = dict(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad, rank=args.rank,
                          world_size=args.world_size, use_horovod=args.horovod) if distributed else {}
-    return CloobLoss(hopfield_beta=args.hopfield_beta, **data_parallel, **LOSS_VARIANTS[args.loss])
+    return CloobLoss(hopfield_beta=args.hopfield_beta, beta_from_spread=args.hopfield_beta_from_spread,
+                     **data_parallel, **LOSS_VARIANTS[args.loss])
 
 
 def create_loss(args: argparse.Namespace) -> torch.nn.Module:
@@ -216,6 +220,9 @@ def create_loss(args: argparse.Namespace) -> torch.nn.Module:
         "accum_freq %d x world_size %d", args.hopfield_beta, args.init_inv_tau,
         "learnable" if args.learnable_inv_tau else "frozen", global_batch, args.batch_size,
         args.accum_freq, args.world_size)
+    logging.info("Loss variant: --loss %s = %s, beta_from_spread %s", args.loss,
+                 ", ".join(f"{key} {value!r}" for key, value in LOSS_VARIANTS[args.loss].items()),
+                 args.hopfield_beta_from_spread)
     return build_cloob_loss(args)
 
 
@@ -315,6 +322,7 @@ class Run:
         # Broken training samples of the last epoch, summed over ranks.
         self.broken_train_samples: Optional[int] = None
         self.loss: Optional[torch.nn.Module] = None
+        self.monitor: Optional[HopfieldMonitor] = None
         self._loss_state: Optional[Dict[str, Any]] = None  # of a resumed checkpoint, until the loss exists
         self._guarded: Optional[torch.optim.Optimizer] = None
 
@@ -349,6 +357,8 @@ class Run:
     def create_loss(self, args: argparse.Namespace) -> torch.nn.Module:
         """:func:`create_loss`, kept for the checkpoints; a resumed checkpoint's loss state goes into it."""
         self.loss = create_loss(args)
+        if params.uses_cloob_loss(args) and args.hopfield_monitor:
+            self.monitor = HopfieldMonitor(self.loss, args)
         if self._loss_state is not None:
             self.loss.load_state_dict(self._loss_state)
             self._loss_state = None
@@ -396,6 +406,8 @@ class Run:
                                self.checkpoint_entries)
         point = self.resume.take(epoch)
         skip = point.step if point is not None else 0
+        if self.monitor is not None:
+            self.monitor.begin_epoch(epoch, skip, steps_per_epoch, tb_writer)
         loader = StepLoader(train.dataloader, args.accum_freq, skip, args.seed + epoch,
                             point.rng_of(args) if point is not None else None, session.on_step_end)
         train = dataclasses.replace(train, dataloader=loader)
@@ -450,14 +462,21 @@ class Run:
                          logit_scale: torch.Tensor) -> Dict[str, Any]:
         """OpenCLIP's retrieval metrics, the CLOOB-family validation loss and ``broken_val_samples``.
 
+        With a CLOOB-family loss also ``val_hopfield_<key>``: the Hopfield diagnostics of the first
+        validation batch (``--batch-size`` rows, the batch the validation loss starts with).
+
         ``evaluate()`` calls this after its pass over ``--val-data``, logs the metrics and writes them
         to ``results.jsonl``.
         """
         metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
         if params.uses_cloob_loss(self.args):
+            loss = build_cloob_loss(self.args, distributed=False)
             metrics[f"{self.args.loss}_val_loss"] = validation_loss(
-                build_cloob_loss(self.args, distributed=False), image_features, text_features, logit_scale,
-                self.args.batch_size)
+                loss, image_features, text_features, logit_scale, self.args.batch_size)
+            if len(image_features) >= 2:
+                first = slice(0, self.args.batch_size)
+                metrics.update({f"val_hopfield_{key}": value for key, value in
+                                loss.diagnostics(image_features[first], text_features[first]).items()})
         if "val" in self.counters:
             metrics["broken_val_samples"] = self.counters["val"].count
         return metrics

@@ -26,7 +26,9 @@ from open_clip_train.params import parse_args as openclip_parse_args
 # (fixed 1/τ = 30) and the validation loss "<name>_val_loss". Offering another library variant for
 # training is one name here; the first is the default of '*-cloob' models. OPENCLIP_LOSS is
 # OpenCLIP's own create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say).
-CLOOB_LOSSES = ("cloob",)
+CLOOB_LOSSES = ("cloob", "cloob-infonce", "infoloob")
+# The CLOOB-family losses that score Hopfield retrievals (the others have no β).
+HOPFIELD_LOSSES = ("cloob", "cloob-infonce")
 OPENCLIP_LOSS = "clip"
 LOSSES = CLOOB_LOSSES + (OPENCLIP_LOSS,)
 CLOOB_MODEL_SUFFIX = "-cloob"
@@ -37,7 +39,8 @@ DEFAULT_HOPFIELD_BETA = 8.0
 # OpenCLIP clamps logit_scale = ln(inv_tau) to [0, ln 100] after every step.
 INV_TAU_RANGE = (1.0, 100.0)
 # The flags that define the objective, stored in checkpoints next to the weights (their "cloob" entry).
-CLOOB_SETTINGS = ("loss", "hopfield_beta", "init_inv_tau", "learnable_inv_tau", "restart_cycles")
+CLOOB_SETTINGS = ("loss", "hopfield_beta", "hopfield_beta_from_spread", "init_inv_tau", "learnable_inv_tau",
+                  "restart_cycles")
 
 
 def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -45,14 +48,29 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("CLOOB")
     group.add_argument(
         "--loss", choices=LOSSES, default=None,
-        help="Training loss. 'cloob': modern Hopfield retrieval + InfoLOOB. 'clip': whatever OpenCLIP "
-             "picks for the other flags (InfoNCE, SigLIP, CoCa, distillation). "
+        help="Training loss, a corner of the paper's ablation grid. 'cloob': modern Hopfield retrieval + "
+             "InfoLOOB. 'cloob-infonce': the Hopfield retrievals scored with InfoNCE. 'infoloob': InfoLOOB "
+             "on the plain embeddings. 'clip': whatever OpenCLIP picks for the other flags (InfoNCE, "
+             "SigLIP, CoCa, distillation). The first three share CLOOB's scale τ·[ℓ + ℓ] and its fixed "
+             "1/τ = 30 by default. "
              f"Default: {CLOOB_LOSSES[0]} for '*{CLOOB_MODEL_SUFFIX}' models, {OPENCLIP_LOSS} otherwise.")
     group.add_argument(
         "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
         default=DEFAULT_HOPFIELD_BETA,
         help=f"Inverse temperature β of the Hopfield retrieval (default {DEFAULT_HOPFIELD_BETA:g}, the "
              "paper's CC3M value). --scale-hopfield is the original code's name.")
+    group.add_argument(
+        "--hopfield-beta-from-spread", type=float, default=None, metavar="K",
+        help="Opt-in remedy, not the paper's method: every step, each memory's β = K / σ, σ the spread "
+             "(standard deviation) of the batch's pairwise similarities in that memory, replacing "
+             "--hopfield-beta; keeps the retrieval from turning into the batch mean when the embeddings "
+             f"are nearly collinear (docs/study/). Only with --loss {' or '.join(HOPFIELD_LOSSES)}.")
+    group.add_argument(
+        "--hopfield-monitor", action=argparse.BooleanOptionalAction, default=True,
+        help="With a CLOOB-family loss: log the Hopfield diagnostics of the batch on logging steps "
+             "(train/hopfield/*: attended patterns, mean cosines, positive − negative similarity) and "
+             "warn when the loss sits at its collapsed value (train/collapse_warning, results.jsonl). "
+             "Default: on.")
     group.add_argument(
         "--init-inv-tau", type=float, default=None,
         help=f"Initial inverse temperature 1/τ of a freshly initialised model; replaces the config's "
@@ -146,6 +164,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--init-inv-tau must lie in [{low:g}, {high:g}] (OpenCLIP clamps the scale there)")
     if not args.hopfield_beta > 0:
         parser.error("--hopfield-beta must be > 0")
+    if args.hopfield_beta_from_spread is not None:
+        if not args.hopfield_beta_from_spread > 0:
+            parser.error("--hopfield-beta-from-spread must be > 0")
+        if args.loss not in HOPFIELD_LOSSES:
+            parser.error(f"--hopfield-beta-from-spread needs a loss with a Hopfield step "
+                         f"({', '.join(HOPFIELD_LOSSES)}), not --loss {args.loss}")
     if args.restart_cycles < 1:
         parser.error("--restart-cycles must be at least 1")
     if args.save_every_n_steps < 0:
