@@ -9,6 +9,10 @@ DATA_FILES := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz \
 DATA_PACKAGES := dataset-fashion-mnist fonts-noto-color-emoji unicode-data
 # A real SLURM for the job-script tests (Debian's 22.05): the tests start a one-node cluster of their
 # own (own munge key, config, ports and folders under a temporary directory) and stop it again.
+# The study's second image-text set (scripts/make_stamps_digits_data.py): Tux Paint's stamps with their
+# human-written captions (scikit-learn's digits ship with the venv).
+STAMPS_FILES := /usr/share/tuxpaint/stamps/animals/birds/little-penguin.png
+STAMPS_PACKAGES := --no-install-recommends tuxpaint-stamps-default
 SLURM_FILES := /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch /usr/sbin/munged
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
 
@@ -21,7 +25,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: test test-fast demo study bench venv data slurm clean
+.PHONY: test test-fast demo study study-data bench venv data slurm clean
 
 # torch/torchvision are pinned to the tested pair (pyproject.toml allows torch >=2.3,<=2.14.1);
 # everything else comes from pyproject.toml: the library and its [test] extra (= train, eval, demo).
@@ -51,6 +55,12 @@ demo: venv data
 # `make study STUDY_ARGS="--losses cloob --betas 2,4,8,16,32"` (the same folder, one report).
 study: venv data
 	$(VPY) scripts/study.py --out study-out $(STUDY_ARGS)
+
+# The second set, for checking a study's result on data it was not designed on:
+# `make study-data`, then `make study STUDY_ARGS="--data study-data/manifest.json --out study-stamps"`.
+study-data: venv
+	$(call apt_install,$(STAMPS_FILES),$(STAMPS_PACKAGES))
+	$(VPY) scripts/make_stamps_digits_data.py --out study-data
 
 test: venv data slurm
 	$(VPY) -m pytest -q
