@@ -42,7 +42,7 @@ import torch
 from open_clip_cloob import analysis, cli
 from open_clip_cloob.export import export_model_folder
 from pipeline import (MODEL, MODEL_CONFIG, REPO, build_demo_data, chance_percent, describe_loss, pyplot,
-                      read_loss_curve, training_argv, training_env, zero_shot)
+                      read_hopfield_diagnostics, read_loss_curve, training_argv, training_env, zero_shot)
 from readme_block import replace_block
 
 _logger = logging.getLogger(__name__)
@@ -146,6 +146,38 @@ def plot_zero_shot(zeroshot: Mapping[str, Mapping[str, Mapping[str, float]]], se
     return path
 
 
+# The panels of the Hopfield view: (title, [(diagnostic key, line label)], y scale).
+HOPFIELD_PANELS = (
+    ("attended patterns (of the batch)", [("attended_patterns_image_from_images", "image from images"),
+                                          ("attended_patterns_text_from_images", "text from images"),
+                                          ("attended_patterns_image_from_texts", "image from texts"),
+                                          ("attended_patterns_text_from_texts", "text from texts")], "log"),
+    ("mean pairwise cosine", [("mean_cosine_images", "images"), ("mean_cosine_texts", "texts")], "linear"),
+    ("positive − negative similarity", [("positive_minus_negative", "")], "linear"),
+)
+
+
+def plot_hopfield(diagnostics: Mapping[str, Mapping[str, List[float]]], batch_size: int, path: Path) -> Path:
+    """CLOOB's Hopfield diagnostics (``training.monitor``) against the step, one panel per quantity."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(HOPFIELD_PANELS), figsize=(13, 3.6))
+    for axis, (title, lines, scale) in zip(axes, HOPFIELD_PANELS):
+        for key, label in lines:
+            if key in diagnostics:
+                axis.plot(diagnostics[key]["step"], diagnostics[key]["value"], marker=".", label=label or None)
+        axis.set_title(title, fontsize=10)
+        axis.set_yscale(scale)
+        axis.set_xlabel("step")
+        axis.grid(True, alpha=0.3)
+        if any(label for _, label in lines):
+            axis.legend(fontsize=7)
+    axes[0].axhline(batch_size, color="grey", linestyle=":", linewidth=1)  # uniform attention: the batch mean
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def report_markdown(settings: Mapping[str, Any], zeroshot_md: str, analysis_md: str,
                     timings: Mapping[str, float], total: float) -> str:
     """``report.md``: what ran, the two tables and the plots."""
@@ -181,6 +213,16 @@ the distance between the image and text centroids (Liang et al. 2022).
 
 ![training loss](loss_curves.png)
 
+## Inside CLOOB's Hopfield step (`training.monitor`, training batches)
+
+![Hopfield diagnostics](hopfield.png)
+
+Attended patterns: the effective number of stored patterns each retrieval averages (exp of the
+softmax entropy); the dotted line is the batch, where every retrieval is the batch mean. A run whose
+embeddings stay nearly collinear (mean cosine near 1) and whose positive − negative similarity
+stays near 0 has collapsed; `training.main` warns then. What this one comparison can and cannot say
+at this scale, and the ablation grid over several seeds: [the study](../study/report.md).
+
 ## Wall time (s)
 
 | stage | seconds |
@@ -215,6 +257,8 @@ def write_report(report: Path, manifest: Mapping[str, Any], runs: Path, zeroshot
     analysis.plot_spectra(labelled, report / "spectra.png")
     plot_zero_shot(zeroshot, manifest["benchmark"], report / "zeroshot.png")
     plot_loss_curves(curves, report / "loss_curves.png")
+    hopfield = read_hopfield_diagnostics(runs / "demo-cloob" / "out.log")
+    plot_hopfield(hopfield, args.batch_size, report / "hopfield.png")
     settings = {
         "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "batch_size": args.batch_size,
         "device": args.device, "smoke": args.smoke, "model": MODEL,
@@ -222,7 +266,8 @@ def write_report(report: Path, manifest: Mapping[str, Any], runs: Path, zeroshot
         **{key: manifest[key] for key in ("train_fashion_mnist", "train_emoji", "train_num_samples")},
     }
     return {
-        "results": {"settings": settings, "zeroshot": zeroshot, "analysis": labelled, "loss_curves": curves},
+        "results": {"settings": settings, "zeroshot": zeroshot, "analysis": labelled, "loss_curves": curves,
+                    "hopfield_diagnostics": hopfield},
         "zeroshot_md": zeroshot_table(zeroshot, manifest["benchmark"]),
         "analysis_md": analysis.format_table(labelled),
     }

@@ -168,6 +168,25 @@ def read_loss_curve(out_log: Path, global_batch_size: int) -> Dict[str, List[flo
                               for index, key in enumerate(("loss", "inv_tau", "seconds_per_step"))}}
 
 
+# training.monitor's console line on logging steps: "Hopfield step 120: mean_cosine_images 0.4102 ...".
+_HOPFIELD_LOG = re.compile(r"Hopfield step (\d+): (.+)$")
+
+
+def read_hopfield_diagnostics(out_log: Path) -> Dict[str, Dict[str, List[float]]]:
+    """``{key: {"step": [...], "value": [...]}}``: the Hopfield diagnostics ``training.monitor`` logged in
+    an OpenCLIP ``out.log`` (empty for a run without them; the last line of a step wins)."""
+    by_step: Dict[int, Dict[str, float]] = {}
+    for line in out_log.read_text().splitlines():
+        match = _HOPFIELD_LOG.search(line)
+        if match:
+            words = match.group(2).split()
+            by_step[int(match.group(1))] = {key: float(value) for key, value in zip(words[::2], words[1::2])}
+    steps = sorted(by_step)
+    keys = sorted({key for values in by_step.values() for key in values})
+    return {key: {"step": [step for step in steps if key in by_step[step]],
+                  "value": [by_step[step][key] for step in steps if key in by_step[step]]} for key in keys}
+
+
 def zero_shot(model_dir: Path, sets: Mapping[str, Mapping[str, Any]], out: Path, device: str) -> Dict[str, Dict]:
     """CLIP_benchmark on every held-out set; returns {set: its metrics}."""
     out.mkdir(parents=True, exist_ok=True)

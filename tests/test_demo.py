@@ -12,7 +12,7 @@ from offline_data.emoji import INSTALL_HINT, emoji_available
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "scripts" / "demo.py"
-PLOTS = ("loss_curves.png", "zeroshot.png", "spectra.png")
+PLOTS = ("loss_curves.png", "zeroshot.png", "spectra.png", "hopfield.png")
 SMOKE_STEPS = 3
 # training.main settings that may differ between the two runs: the loss and what it implies, the run name.
 LOSS_DEPENDENT = {"loss", "init_inv_tau", "learnable_inv_tau", "name", "checkpoint_path", "log_path",
@@ -72,6 +72,11 @@ def test_report_artifacts_are_complete_and_parseable(smoke_run):
         assert 1.0 <= measured["effective_rank_image"] <= measured["embed_dim"]
         assert len(measured["spectrum_text"]) == measured["embed_dim"]
     assert results["timings_s"]["total"] > 0
+    hopfield = results["hopfield_diagnostics"]  # training.monitor's lines of the CLOOB run, every step logged
+    assert {key for _, lines, _ in smoke_run["demo"].HOPFIELD_PANELS for key, _ in lines} <= hopfield.keys()
+    assert hopfield["mean_cosine_images"]["step"] == list(range(SMOKE_STEPS))
+    batch = results["settings"]["batch_size"]
+    assert all(1.0 <= value <= batch for value in hopfield["attended_patterns_image_from_images"]["value"])
     for plot in PLOTS:
         assert matplotlib.image.imread(report / plot).ndim == 3
     text = (report / "report.md").read_text()
