@@ -6,6 +6,8 @@ as an OpenCLIP CSV with PNG files or as webdataset tar shards (.png/.txt/.cls):
 
     python scripts/make_fashion_mnist_data.py --out data/fmnist-train --split train --num-samples 12800
     python scripts/make_fashion_mnist_data.py --out data/fmnist-wds --format webdataset --num-samples 4096
+    python scripts/make_fashion_mnist_data.py --out data/fm6000 --num-samples 6000 \
+        --template "a photo of a {c}." --template "an image of a {c}."
 
 See :mod:`offline_data.writers` for the layouts.
 """
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from offline_data import DATASET_FORMATS, write_fashion_mnist_dataset
+from offline_data import CAPTION_TEMPLATES, DATASET_FORMATS, write_fashion_mnist_dataset
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -26,14 +28,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--format", choices=DATASET_FORMATS, default="csv")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="webdataset only")
     parser.add_argument("--seed", type=int, default=0, help="subset and caption seed")
+    parser.add_argument("--template", dest="templates", action="append", default=None, metavar="TEMPLATE",
+                        help="caption template with {c} for the class name, repeatable (default: the "
+                             f"{len(CAPTION_TEMPLATES)} of offline_data.CAPTION_TEMPLATES)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
-    write_fashion_mnist_dataset(
-        args.out, args.split, args.num_samples, args.format, args.seed, args.samples_per_shard)
+    write_fashion_mnist_dataset(args.out, args.split, args.num_samples, args.format, args.seed, args.samples_per_shard,
+                                templates=args.templates or CAPTION_TEMPLATES)
     return 0
 
 
