@@ -106,6 +106,21 @@ def test_a_healthy_step_resets_the_count(tmp_path):
     assert all(value == 0.0 for _, value in tensorboard_scalars(tmp_path, COLLAPSE_TAG))
 
 
+def test_leaving_the_collapsed_value_is_logged(tmp_path, caplog):
+    from torch.utils.tensorboard import SummaryWriter
+
+    loss = CloobLoss()
+    monitor = HopfieldMonitor(loss, run_args(tmp_path, warmup=0, log_every_n_steps=1))
+    with SummaryWriter(str(tmp_path / "tensorboard")) as writer, caplog.at_level("WARNING"):
+        train_steps(monitor, loss, steps=COLLAPSE_STEPS + 5, steps_per_epoch=1000,
+                    collapsed=lambda step: step < COLLAPSE_STEPS + 2, tb_writer=writer)
+    flags = [value for _, value in tensorboard_scalars(tmp_path, COLLAPSE_TAG)]
+    assert flags[COLLAPSE_STEPS - 1:COLLAPSE_STEPS + 2] == [1.0] * 3 and flags[COLLAPSE_STEPS + 2:] == [0.0] * 3
+    left = [record.getMessage() for record in caplog.records if "left its collapsed value" in record.getMessage()]
+    assert left == [f"Step {COLLAPSE_STEPS + 2}: the loss has left its collapsed value (collapse warned at step "
+                    f"{COLLAPSE_STEPS - 1})"]
+
+
 def test_accumulated_micro_batches_count_as_one_step(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

@@ -13,8 +13,9 @@ loop is not touched:
   state CLOOB cannot leave because such a loss has almost no gradient). That comparison stays on the
   device (a few scalar operations, no host synchronisation); the count of consecutive collapsed
   steps after warmup is read on logging steps only. Once it reaches :data:`COLLAPSE_STEPS`, the
-  logging rank warns (log, ``train/collapse_warning`` = 1 in tensorboard and wandb, a line in
-  ``results.jsonl``) with the diagnostics of that step and what to try.
+  logging rank warns on every logging step (log, ``train/collapse_warning`` = 1 in tensorboard and
+  wandb, one line in ``results.jsonl``) with the diagnostics of that step and what to try, until
+  the loss leaves the collapsed value (logged too: some runs escape after tens of steps).
 
 A normal step therefore costs a handful of scalar kernels; a logging step O(N²·d) more
 (``scripts/bench_train.py --monitor-overhead`` measures both).
@@ -66,6 +67,7 @@ class HopfieldMonitor:
         self._collapsed_at_unit_inv_tau = collapsed_loss(global_batch, 1.0, LOSS_VARIANTS[args.loss]["objective"])
         self._collapsed_steps: Optional[torch.Tensor] = None  # consecutive, on the loss's device
         self._warned = False
+        self._warned_at: Optional[int] = None  # the first warning of the current collapse
         self._calls = 0
         self._epoch = 0
         self._first_step = 0
@@ -121,20 +123,26 @@ class HopfieldMonitor:
             wandb.log(scalars, step=step)
         if collapsed:
             self._warn(step, collapsed_steps, diagnostics)
+        elif self._warned_at is not None:
+            logging.warning("Step %d: the loss has left its collapsed value (collapse warned at step %d)",
+                            step, self._warned_at)
+            self._warned_at = None
 
     def _warn(self, step: int, collapsed_steps: int, diagnostics: Dict[str, float]) -> None:
         n = self.args.batch_size * self.args.accum_freq * self.args.world_size
         logging.warning(
             "COLLAPSE at step %d: for the last %d steps the %s loss sat at the value of identical retrievals "
             "(2·τ·log(N−1), N = %d); mean cosine of the batch's images %.4f, texts %.4f, positive − negative "
-            "similarity %.2e, the image retrieval attends to %.1f of %d patterns. A collapsed CLOOB does not "
-            "recover: its loss has almost no gradient. Try %s.", step, collapsed_steps, self.args.loss, n,
+            "similarity %.2e, the image retrieval attends to %.1f of %d patterns. There the loss has almost no "
+            "gradient and a run may stay for good. Try %s.", step, collapsed_steps, self.args.loss, n,
             diagnostics["mean_cosine_images"], diagnostics["mean_cosine_texts"],
             diagnostics["positive_minus_negative"], diagnostics["attended_patterns_image_from_images"], n,
             COLLAPSE_ADVICE)
-        if self.args.save_logs and not self._warned:
+        if self.args.save_logs and not self._warned:  # one line per run
             entry = {"collapse_warning": {"step": step, "collapsed_steps": collapsed_steps, **diagnostics},
                      "epoch": self._epoch}
             with open(os.path.join(self.args.checkpoint_path, "results.jsonl"), "a+") as f:
                 f.write(json.dumps(entry) + "\n")
         self._warned = True
+        if self._warned_at is None:
+            self._warned_at = step
