@@ -54,13 +54,13 @@ class HopfieldMonitor:
     """Diagnostics on logging steps and the collapse warning for one run's ``CloobLoss``.
 
     Args:
-        loss: the run's training loss (its ``diagnostics`` are those of the loss's own β and memory).
+        loss: the run's training loss, watched through a forward hook (its ``diagnostics`` use the
+            loss's own β and memory).
         args: the run configuration (``loss``, ``batch_size``, ``accum_freq``, ``world_size``,
             ``warmup``, ``log_every_n_steps``, ``rank``, ``wandb``, ``checkpoint_path``, ``save_logs``).
     """
 
     def __init__(self, loss: CloobLoss, args: argparse.Namespace) -> None:
-        self.loss = loss
         self.args = args
         global_batch = args.batch_size * args.accum_freq * args.world_size
         # collapsed_loss is proportional to τ: scaling by the step's 1/τ stays on the device.
@@ -131,8 +131,8 @@ class HopfieldMonitor:
     def _warn(self, step: int, collapsed_steps: int, diagnostics: Dict[str, float]) -> None:
         n = self.args.batch_size * self.args.accum_freq * self.args.world_size
         logging.warning(
-            "COLLAPSE at step %d: for the last %d steps the %s loss sat at the value of identical retrievals "
-            "(2·τ·log(N−1), N = %d); mean cosine of the batch's images %.4f, texts %.4f, positive − negative "
+            "COLLAPSE at step %d: for the last %d steps the %s loss sat at its collapsed value, every scored "
+            "similarity equal (2·τ·log of the denominator's terms, N = %d); mean cosine of the batch's images %.4f, texts %.4f, positive − negative "
             "similarity %.2e, the image retrieval attends to %.1f of %d patterns. There the loss has almost no "
             "gradient and a run may stay for good. Try %s.", step, collapsed_steps, self.args.loss, n,
             diagnostics["mean_cosine_images"], diagnostics["mean_cosine_texts"],
