@@ -79,6 +79,14 @@ def test_a_clip_run_exports_as_clip(tmp_path, tiny_name):
     assert "| loss | clip |" in card
 
 
+def test_an_ablation_run_names_its_loss(tmp_path, tiny_name):
+    settings = {**CLOOB_SETTINGS, "loss": "infoloob"}
+    folder = export.export_model_folder(training_checkpoint(random_model(tiny_name), settings), tmp_path / "ablation",
+                                        tiny_name)
+    card = (folder / "README.md").read_text()
+    assert "A model trained with `--loss infoloob`, an ablation of CLOOB" in card and "A CLOOB model" not in card
+
+
 def _train(module, model, train_csv, logs, *extra):
     """One epoch of two steps on 16 Fashion-MNIST images; returns the checkpoint's state dict."""
     subprocess.run(

@@ -83,7 +83,8 @@ def model_card(meta: Mapping[str, Any], out_dir: Path, source: Optional[Union[st
     """A short Markdown model card: what the model is, how to load it, the settings it was trained with.
 
     A checkpoint trained with ``--loss clip`` (OpenCLIP's objective) is a CLIP model and its card
-    says so, without the Hopfield β (unused by that run); any other checkpoint is a CLOOB model.
+    says so, without the Hopfield β (unused by that run); any other checkpoint is a CLOOB model (or
+    one of its ablations, named by its ``loss``).
     """
     clip = meta.get("loss") == "clip"
     rows = [(label, meta.get(key)) for key, label in _CARD_ROWS if not (clip and key == "hopfield_beta")]
@@ -96,8 +97,10 @@ def model_card(meta: Mapping[str, Any], out_dir: Path, source: Optional[Union[st
                    f"CLOOB run), exported by `open_clip_cloob`{origin}.")
     else:
         kind, tags = "CLOOB", "- clip\n- cloob"
-        summary = ("A CLOOB model (modern Hopfield networks with InfoLOOB; Fürst et al., NeurIPS 2022), exported "
-                   f"by `open_clip_cloob`{origin}. At inference a CLOOB model is a CLIP model: the Hopfield "
+        variant = meta.get("loss", "cloob")
+        trained = ("A CLOOB model (modern Hopfield networks with InfoLOOB; Fürst et al., NeurIPS 2022)" if variant == "cloob"
+                   else f"A model trained with `--loss {variant}`, an ablation of CLOOB (Fürst et al., NeurIPS 2022)")
+        summary = (f"{trained}, exported by `open_clip_cloob`{origin}. At inference a CLOOB model is a CLIP model: the Hopfield "
                    "retrieval is part of the training loss only, so every OpenCLIP tool uses it unchanged.")
     return f"""---
 library_name: open_clip
