@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,11 +63,9 @@ def train(out: Path, data: Path, variant: str, seed: int, epochs: int) -> Path:
             "--epochs", str(epochs), *VARIANTS[variant], "--seed", str(seed), "--log-every-n-steps", "1",
             "--save-frequency", "0", "--logs", str(out / "runs"), "--name", name]
     if folder.exists():  # an interrupted run: start it again
-        for path in sorted(folder.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        folder.rmdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+        shutil.rmtree(folder)
+    # One thread, as the run: the trajectory (collapse or not) depends on the arithmetic.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     _logger.info("training %s", name)
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (folder / "finished").touch()

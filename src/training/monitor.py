@@ -9,8 +9,8 @@ loop is not touched:
   a collective, so every rank computes them at the same steps) and the logging rank writes them
   next to OpenCLIP's own metrics: console, tensorboard and wandb as ``train/hopfield/<key>``.
 - On every step it compares the loss with the value of a collapsed model,
-  :func:`open_clip_cloob.collapsed_loss` (2·τ·log(N−1) for InfoLOOB: every retrieval the same, the
-  state CLOOB cannot leave because such a loss has almost no gradient). That comparison stays on the
+  :func:`open_clip_cloob.collapsed_loss` (2·τ·log(N−1) for InfoLOOB: every retrieval the same, a
+  state CLOOB may never leave because such a loss has almost no gradient). That comparison stays on the
   device (a few scalar operations, no host synchronisation); the count of consecutive collapsed
   steps after warmup is read on logging steps only. Once it reaches :data:`COLLAPSE_STEPS`, the
   logging rank warns on every logging step (log, ``train/collapse_warning`` = 1 in tensorboard and
@@ -62,9 +62,9 @@ class HopfieldMonitor:
 
     def __init__(self, loss: CloobLoss, args: argparse.Namespace) -> None:
         self.args = args
-        global_batch = args.batch_size * args.accum_freq * args.world_size
+        self._global_batch = args.batch_size * args.accum_freq * args.world_size
         # collapsed_loss is proportional to τ: scaling by the step's 1/τ stays on the device.
-        self._collapsed_at_unit_inv_tau = collapsed_loss(global_batch, 1.0, LOSS_VARIANTS[args.loss]["objective"])
+        self._collapsed_at_unit_inv_tau = collapsed_loss(self._global_batch, 1.0, LOSS_VARIANTS[args.loss]["objective"])
         self._collapsed_steps: Optional[torch.Tensor] = None  # consecutive, on the loss's device
         self._warned = False
         self._warned_at: Optional[int] = None  # the first warning of the current collapse
@@ -129,12 +129,13 @@ class HopfieldMonitor:
             self._warned_at = None
 
     def _warn(self, step: int, collapsed_steps: int, diagnostics: Dict[str, float]) -> None:
-        n = self.args.batch_size * self.args.accum_freq * self.args.world_size
+        n = self._global_batch
         logging.warning(
             "COLLAPSE at step %d: for the last %d steps the %s loss sat at its collapsed value, every scored "
-            "similarity equal (2·τ·log of the denominator's terms, N = %d); mean cosine of the batch's images %.4f, texts %.4f, positive − negative "
-            "similarity %.2e, the image retrieval attends to %.1f of %d patterns. There the loss has almost no "
-            "gradient and a run may stay for good. Try %s.", step, collapsed_steps, self.args.loss, n,
+            "similarity equal (2·τ·log of the denominator's terms, N = %d); mean cosine of the batch's images "
+            "%.4f, texts %.4f, positive − negative similarity %.2e, the image retrieval attends to %.1f of %d "
+            "patterns. There the loss has almost no gradient and a run may stay for good. Try %s.",
+            step, collapsed_steps, self.args.loss, n,
             diagnostics["mean_cosine_images"], diagnostics["mean_cosine_texts"],
             diagnostics["positive_minus_negative"], diagnostics["attended_patterns_image_from_images"], n,
             COLLAPSE_ADVICE)
