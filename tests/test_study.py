@@ -232,3 +232,20 @@ def test_readme_study_commands_use_existing_flags():
     flags = {flag for line in lines
              for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", re.sub(r'"[^"]*"', "", line.split("#")[0]))}
     assert len(lines) >= 4 and flags and flags <= known, flags - known
+
+
+def test_study_width_variant_changes_only_the_embedding_width():
+    """docs/study's width check trains demo-vit-e256: demo-vit with a 256-wide embedding and nothing else changed."""
+    import open_clip
+
+    configs = REPO / "scripts" / "demo_model_configs"
+    base = json.loads((configs / "demo-vit.json").read_text())
+    wide = json.loads((configs / "demo-vit-e256.json").read_text())
+    assert {key: value for key, value in wide.items() if base.get(key) != value} == {"embed_dim": 256}
+    assert set(base) == set(wide)
+    open_clip.add_model_config(configs / "demo-vit-e256.json")
+    model = open_clip.create_model("demo-vit-e256").eval()
+    with torch.no_grad():
+        images = model.encode_image(torch.zeros(2, 3, 32, 32))
+        texts = model.encode_text(torch.zeros(2, 24, dtype=torch.long))
+    assert images.shape == texts.shape == (2, 256)
