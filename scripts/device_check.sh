@@ -137,8 +137,9 @@ print(\"GPU:\", torch.cuda.get_device_name(0))
 "' "$PYTHON" || finish
     MACHINE=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
     # -rA: the tests' printed figures (errors against float64, peak memory, resume deviation) too.
-    # tests/test_cuda_*.py only: other test modules import packages the GPU machine lacks.
-    run_part tests 240 "$PYTHON" -m pytest -p no:cacheprovider -q -rA --durations=15 -m cuda tests/test_cuda_*.py
+    # tests/test_cuda_*.py only: other test modules import packages the GPU machine lacks. In one process
+    # (-o addopts=): pyproject's -n 2 needs pytest-xdist, which the GPU machine may not have.
+    run_part tests 240 "$PYTHON" -m pytest -o addopts= -p no:cacheprovider -q -rA --durations=15 -m cuda tests/test_cuda_*.py
     LOSS_ARGS=(--device cuda --sizes 8192,16384,32768,65536,131072,262144 --dims 1024 --repeats 3
                --max-warmup-seconds 5 --profile-sizes 32768)
     TRAIN_ARGS=(--model RN50-cloob --batch-size 256 --precision amp_bf16 --steps 60 --warmup-steps 15

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import open_clip
 import pytest
@@ -45,14 +45,31 @@ LEARNING_EPOCHS = 2
 NO_CUDA_REASON = ("no CUDA GPU here: scripts/device_check.sh runs the cuda tests on a GPU machine "
                   "(README, Performance)")
 
+# The two pytest-xdist workers already keep both cores busy: a worker's own torch computes on one
+# thread, like the training processes it starts (see launch()).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    torch.set_num_threads(1)
 
-def pytest_collection_modifyitems(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
-    """Skip the tests marked ``cuda``, with :data:`NO_CUDA_REASON`, where torch sees no GPU."""
-    if torch.cuda.is_available():
-        return
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda``, with :data:`NO_CUDA_REASON`, where torch sees no GPU; order the
+    modules for the parallel run (pyproject.toml: ``-n 2 --dist loadfile --no-loadscope-reorder``).
+
+    Each module goes to one worker as a whole (its fixtures run once), in the order of the items: the
+    SLURM jobs first (they wait on slurmctld while the other worker computes), then the modules with
+    end-to-end runs (``slow``), then the fast ones, which fill the gaps at the end.
+    """
+    if not torch.cuda.is_available():
+        for item in items:
+            if item.get_closest_marker("cuda") is not None:
+                item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
+
+    rank: Dict[Path, int] = {}
     for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(pytest.mark.skip(reason=NO_CUDA_REASON))
+        item_rank = 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.path] = min(rank.get(item.path, 2), item_rank)
+    first_seen = {item.path: index for index, item in reversed(list(enumerate(items)))}
+    items.sort(key=lambda item: (rank[item.path], first_seen[item.path]))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """End to end, one process: training.main trains CLOOB through OpenCLIP's real loop on real images.
 
 Two runs: the shared learning run of ``conftest.tiny_cloob_run`` (the loss falls, zero-shot beats
-chance, logs/params/checkpoints speak CLOOB) and a short run exercising OpenCLIP's features with the
+chance, logs/params/checkpoints speak CLOOB, the Hopfield diagnostics are logged and no collapse warning
+is) and a short run exercising OpenCLIP's features with the
 CLOOB loss, resumed once.
 """
 import json
@@ -19,6 +20,7 @@ from conftest import (
     CORRUPT_IMAGENET_IMAGES, LEARNING_BATCH_SIZE, LEARNING_EPOCHS, TINY_MODEL, run_training, tensorboard_scalars,
     training_argv)
 from offline_data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
+from training.monitor import COLLAPSE_TAG, DIAGNOSTIC_PREFIX
 from training.scheduler import cosine_restarts_lr
 
 pytestmark = pytest.mark.slow
@@ -108,6 +110,22 @@ def test_validation_reports_the_cloob_loss_next_to_openclips_metrics(tiny_cloob_
     val_losses = [value for _, value in tensorboard_scalars(tiny_cloob_run, "val/cloob_val_loss")]
     assert val_losses == pytest.approx([result["cloob_val_loss"] for result in results])
     assert len(tensorboard_scalars(tiny_cloob_run, "train/cloob_loss")) >= 20
+
+
+def test_the_healthy_run_logs_hopfield_diagnostics_and_never_warns_of_collapse(tiny_cloob_run):
+    log = (tiny_cloob_run / "out.log").read_text()
+    assert "COLLAPSE" not in log
+    flags = tensorboard_scalars(tiny_cloob_run, COLLAPSE_TAG)
+    losses = tensorboard_scalars(tiny_cloob_run, "train/cloob_loss")
+    # Diagnostics on exactly the steps OpenCLIP logs (its loop's logging condition, mirrored).
+    assert [step for step, _ in flags] == [step for step, _ in losses] and not any(value for _, value in flags)
+    attended = [value for _, value in tensorboard_scalars(tiny_cloob_run, DIAGNOSTIC_PREFIX +
+                                                          "attended_patterns_image_from_images")]
+    assert all(1.0 <= value <= LEARNING_BATCH_SIZE for value in attended) and attended[-1] < attended[0]
+    results = [json.loads(line) for line in (tiny_cloob_run / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    assert all("collapse_warning" not in result for result in results)
+    gap = [result["val_hopfield_positive_minus_negative"] for result in results]
+    assert all(math.isfinite(value) for value in gap) and gap[-1] > 0
 
 
 FEATURE_FLAGS = (

@@ -2,12 +2,11 @@
 
 Unit tests drive the monitor with the real ``CloobLoss`` and a real tensorboard writer, step by
 step; end to end, the run of issue 12 (2-layer ViT, 6,000 Fashion-MNIST images, 4 caption
-templates, lr 1e-3 after a 5-step warmup) collapses and must warn, and the healthy runs of the
-suite must not.
+templates, lr 1e-3 after a 5-step warmup) collapses and must warn. That the suite's healthy learning
+run does not warn is checked with that run's other tests (test_training_e2e.py).
 """
 import argparse
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -174,20 +173,3 @@ def test_the_collapsing_run_of_issue_12_warns(issue_run):
     assert details["collapsed_steps"] >= 30 and details["mean_cosine_images"] > 0.95
     assert details["attended_patterns_image_from_images"] > 0.9 * 128  # the retrieval attends to the whole batch
     assert abs(details["positive_minus_negative"]) < 1e-3
-
-
-@pytest.mark.slow
-def test_healthy_runs_do_not_warn(tiny_cloob_run):
-    log = (tiny_cloob_run / "out.log").read_text()
-    assert "COLLAPSE" not in log
-    flags = tensorboard_scalars(tiny_cloob_run, COLLAPSE_TAG)
-    losses = tensorboard_scalars(tiny_cloob_run, "train/cloob_loss")
-    # Diagnostics on exactly the steps OpenCLIP logs (its loop's logging condition, mirrored).
-    assert [step for step, _ in flags] == [step for step, _ in losses] and not any(value for _, value in flags)
-    attended = [value for _, value in tensorboard_scalars(tiny_cloob_run, DIAGNOSTIC_PREFIX +
-                                                          "attended_patterns_image_from_images")]
-    assert all(1.0 <= value <= 128 for value in attended) and attended[-1] < attended[0]
-    results = [json.loads(line) for line in (tiny_cloob_run / "checkpoints" / "results.jsonl").read_text().splitlines()]
-    assert all("collapse_warning" not in result for result in results)
-    gap = [result["val_hopfield_positive_minus_negative"] for result in results]
-    assert all(math.isfinite(value) for value in gap) and gap[-1] > 0
