@@ -237,6 +237,7 @@ def tiny_cloob_run(tmp_path_factory, fashion_mnist_data, imagenet_style_folder, 
 
     It is the suite's one run with ``--imagenet-val``: OpenCLIP builds its 1000-class classifier
     from 80 prompts per class (about 40 s of CPU for the tiny model), whatever the folder holds.
+    Only test_training_e2e.py uses it: each pytest-xdist worker would train its own copy.
     """
     logs = tmp_path_factory.mktemp("runs")
     argv = training_argv(
