@@ -51,13 +51,20 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     torch.set_num_threads(1)
 
 
+def schedule_rank(item: pytest.Item) -> int:
+    """0 for a SLURM test, 1 for another end-to-end (``slow``) test, 2 for a fast one; a module is
+    scheduled by the lowest rank of its tests."""
+    return 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     """Skip the tests marked ``cuda``, with :data:`NO_CUDA_REASON`, where torch sees no GPU; order the
     modules for the parallel run (pyproject.toml: ``-n 2 --dist loadfile --no-loadscope-reorder``).
 
     Each module goes to one worker as a whole (its fixtures run once), in the order of the items: the
     SLURM jobs first (they wait on slurmctld while the other worker computes), then the modules with
-    end-to-end runs (``slow``), then the fast ones, which fill the gaps at the end.
+    end-to-end runs (``slow``), then the fast ones, which fill the gaps at the end
+    (:func:`schedule_rank`; tests/test_suite_order.py checks the result).
     """
     if not torch.cuda.is_available():
         for item in items:
@@ -66,8 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
     rank: Dict[Path, int] = {}
     for item in items:
-        item_rank = 0 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 2
-        rank[item.path] = min(rank.get(item.path, 2), item_rank)
+        rank[item.path] = min(rank.get(item.path, 2), schedule_rank(item))
     first_seen = {item.path: index for index, item in reversed(list(enumerate(items)))}
     items.sort(key=lambda item: (rank[item.path], first_seen[item.path]))
 
@@ -237,7 +243,8 @@ def tiny_cloob_run(tmp_path_factory, fashion_mnist_data, imagenet_style_folder, 
 
     It is the suite's one run with ``--imagenet-val``: OpenCLIP builds its 1000-class classifier
     from 80 prompts per class (about 40 s of CPU for the tiny model), whatever the folder holds.
-    Only test_training_e2e.py uses it: each pytest-xdist worker would train its own copy.
+    Only test_training_e2e.py may use it: each pytest-xdist worker would train its own copy
+    (tests/test_suite_order.py checks).
     """
     logs = tmp_path_factory.mktemp("runs")
     argv = training_argv(

@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
@@ -236,8 +237,6 @@ def test_readme_study_commands_use_existing_flags():
 
 def test_study_width_variant_changes_only_the_embedding_width():
     """docs/study's width check trains demo-vit-e256: demo-vit with a 256-wide embedding and nothing else changed."""
-    import open_clip
-
     configs = REPO / "scripts" / "demo_model_configs"
     base = json.loads((configs / "demo-vit.json").read_text())
     wide = json.loads((configs / "demo-vit-e256.json").read_text())

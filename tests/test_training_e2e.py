@@ -1,9 +1,8 @@
 """End to end, one process: training.main trains CLOOB through OpenCLIP's real loop on real images.
 
 Two runs: the shared learning run of ``conftest.tiny_cloob_run`` (the loss falls, zero-shot beats
-chance, logs/params/checkpoints speak CLOOB, the Hopfield diagnostics are logged and no collapse warning
-is) and a short run exercising OpenCLIP's features with the
-CLOOB loss, resumed once.
+chance, logs/params/checkpoints speak CLOOB, the Hopfield diagnostics are logged and no collapse
+warning is) and a short run exercising OpenCLIP's features with the CLOOB loss, resumed once.
 """
 import json
 import math
