@@ -8,7 +8,7 @@
 # task per GPU via srun, step checkpoints every 1000 steps, and on SIGUSR1 (3 minutes before the
 # time limit or preemption) a checkpoint, exit 75 and `scontrol requeue`. Submit from the repository
 # root (or scripts/): sbatch runs a copy of this file, the repository is found via SLURM_SUBMIT_DIR.
-# Data (environment): TRAIN_DATA, VAL_DATA: OpenCLIP CSVs from scripts/cc3m_tsv_to_csv.py, or
+# Data (environment): TRAIN_DATA, VAL_DATA: OpenCLIP CSVs from python -m cloob_tools.data.cc3m_tsv_to_csv, or
 # webdataset shards from img2dataset (then also pass --dataset-type webdataset
 # --train-num-samples N); IMAGENET_VAL: optional ImageNet val folder for zero-shot during training.
 # Extra flags are appended (later ones win). PYTHON (default: python); DRY_RUN=1 only parses.

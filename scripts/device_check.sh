@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: one command that proves the CUDA path and measures it on one GPU within 8 minutes.
 #
-#   bash scripts/device_check.sh --carry .carry --out "$OUT"   # on a GPU machine (README: Performance)
+#   bash scripts/device_check.sh --carry .carry --out "$OUT"   # on a GPU machine (docs/tooling.md: the GPU check)
 #   bash scripts/device_check.sh --smoke --out /tmp/check      # CPU rehearsal, tiny sizes (make test runs it)
 #
 # Parts, in order, each with a time limit, all of them within --budget seconds (default 465; the
@@ -11,10 +11,10 @@
 #                CARRY/fashion-mnist becomes FASHION_MNIST_DIR (real images for the CUDA tests)
 #   environment  nvidia-smi, the Python packages import, CUDA is there (else the check stops)
 #   tests        pytest -m cuda tests/test_cuda_*.py (test_cuda_loss.py, test_cuda_training.py)
-#   loss         scripts/bench_loss.py: ClipLoss, direct and chunked CLOOB, d = 1024, bf16 features,
+#   loss         python -m cloob_tools.bench_loss: ClipLoss, direct and chunked CLOOB, d = 1024, bf16 features,
 #                N = 8,192 ... 262,144 (as far as memory and time allow), a profile at N = 32,768
-#   train        scripts/bench_train.py: RN50 at batch 256, amp_bf16, CLOOB vs CLIP samples/s
-#   summary      scripts/perf_report.py: OUT/summary.md (targets and tables) and OUT/parts.json
+#   train        python -m cloob_tools.bench_train: RN50 at batch 256, amp_bf16, CLOOB vs CLIP samples/s
+#   summary      python -m cloob_tools.perf_report: OUT/summary.md (targets and tables) and OUT/parts.json
 # --smoke runs the same parts on the CPU with tiny sizes, without install, environment and tests.
 #
 # OUT receives summary.md, parts.json, loss.json, train.json and device_check.log (everything
@@ -46,7 +46,7 @@ mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
 if [ -n "$CARRY" ] && [ -d "$CARRY" ]; then CARRY=$(cd "$CARRY" && pwd); fi  # before the cd below
 rm -f "$OUT_DIR"/{summary.md,parts.json,parts.tsv,loss.json,train.json,device_check.log}
 cd "$REPO"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO/src:$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 
 SUMMARY_RESERVE=15  # seconds kept for the summary
 FAILED=()
@@ -87,7 +87,7 @@ skip() { record "$1" skipped 0 "$2"; }
 
 finish() {
   # parts.tsv, the parts so far, becomes parts.json.
-  SUMMARY_RESERVE=0 run_part summary 30 "$PYTHON" scripts/perf_report.py summary "$OUT_DIR" &&
+  SUMMARY_RESERVE=0 run_part summary 30 "$PYTHON" -m cloob_tools.perf_report summary "$OUT_DIR" &&
     rm -f "$OUT_DIR/parts.tsv"
   if [ ${#FAILED[@]} -gt 0 ]; then
     echo "=== device check FAILED: ${FAILED[*]} (see $OUT_DIR/device_check.log)"
@@ -128,9 +128,9 @@ check() {
     run_part environment 90 bash -c '
       if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
       "$0" -c "
-import sys, torch, open_clip, open_clip_train.main, webdataset, offline_data, training.main
+import sys, torch, open_clip, open_clip_train.main, webdataset, cloob_tools.data, training.main
 print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"CUDA\", torch.version.cuda,
-      \"open_clip\", open_clip.__version__, \"FASHION_MNIST_DIR\", offline_data.fashion_mnist_dir())
+      \"open_clip\", open_clip.__version__, \"FASHION_MNIST_DIR\", cloob_tools.data.fashion_mnist_dir())
 if not torch.cuda.is_available():
     sys.exit(\"no CUDA device: the CUDA tests would only be skipped\")
 print(\"GPU:\", torch.cuda.get_device_name(0))
@@ -147,10 +147,10 @@ print(\"GPU:\", torch.cuda.get_device_name(0))
   fi
 
   # bench_loss starts no case after its part's limit less 20 s, so that its JSON is complete.
-  run_part loss 180 "$PYTHON" scripts/bench_loss.py "${LOSS_ARGS[@]}" --precision bf16 \
+  run_part loss 180 "$PYTHON" -m cloob_tools.bench_loss "${LOSS_ARGS[@]}" --precision bf16 \
     --impls clip,cloob-direct,cloob-chunked --budget-seconds $(($(limit 180) - 20)) \
     --note "scripts/device_check.sh" --out "$OUT_DIR/loss.json"
-  run_part train 180 "$PYTHON" scripts/bench_train.py "${TRAIN_ARGS[@]}" \
+  run_part train 180 "$PYTHON" -m cloob_tools.bench_train "${TRAIN_ARGS[@]}" \
     --note "${MACHINE:-GPU}, scripts/device_check.sh" --out "$OUT_DIR/train.json"
   finish
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Zero-shot evaluation with the CLOOB paper's protocol (spec §6): eight datasets, CLIP's class names
+# Zero-shot evaluation with the CLOOB paper's protocol (its zero-shot table): eight datasets, CLIP's class names
 # and prompt templates, class order = the dataset's label order, plain top-1 accuracy. Writes one
 # CLIP_benchmark result JSON per dataset and a Markdown table next to the paper's numbers (table.md).
 #
@@ -70,4 +70,4 @@ for dataset in "${DATASETS[@]}"; do
     "${templates[@]}" "${EXTRA[@]}"
   results+=("$OUT/$name.json")
 done
-run "$PYTHON" "$HERE/zeroshot_paper_table.py" "${results[@]}" --output "$OUT/table.md"
+run "$PYTHON" -m cloob_tools.zeroshot_paper_table "${results[@]}" --output "$OUT/table.md"

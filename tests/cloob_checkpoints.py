@@ -1,7 +1,7 @@
 """Test helpers: CLOOB checkpoints in the authors' original layout, and tiny OpenCLIP models.
 
 The original layout is written here independently of :mod:`open_clip_cloob.convert` (the reverse
-of spec §5's table), so the conversion tests check the mapping instead of restating it.
+of the key mapping the authors' checkpoints need), so the conversion tests check the mapping instead of restating it.
 """
 import json
 import math
@@ -11,7 +11,7 @@ from typing import Dict, Optional, Tuple
 import open_clip
 import torch
 
-# OpenCLIP prefix -> original prefix (spec §5, read from right to left).
+# OpenCLIP prefix -> the authors' original prefix.
 _TO_ORIGINAL = (
     ("visual.", "visual."),
     ("transformer.", "transformer.transformer."),
@@ -65,7 +65,7 @@ def random_model(model_name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def original_checkpoint(model: torch.nn.Module, model_config_file: str, hopfield_beta: float = 8.0) -> Dict:
-    """The dict the reference implementation saved for ``model`` (spec §5): ``module.`` prefixes,
+    """The dict the reference implementation saved for ``model``: ``module.`` prefixes,
     ``logit_inv_tau`` (from the model's ``logit_scale``), ``logit_scale_hopfield`` = log β,
     ``model_config_file``, AdamW and LambdaLR states."""
     state_dict = {f"module.{to_original_key(key)}": value.clone() for key, value in model.state_dict().items()}

@@ -1,5 +1,5 @@
 """An independent float64 reference of the CLOOB loss, its ablations and its diagnostics, written
-straight from the spec's formulas (cloob-spec.md §2, the loss module's docstring) with explicit sums
+straight from the paper's formulas (as the loss module's docstring states them) with explicit sums
 and loops, sharing no code with ``open_clip_cloob.loss``."""
 import math
 

@@ -2,7 +2,7 @@
 
 Fixtures other test modules may rely on (keep their names and return values stable):
 
-- ``tiny_model_config``: path of ``tests/model_configs/tiny-test-vit-cloob.json``, registered in
+- ``tiny_model_config``: path of ``cloob_tools/model_configs/tiny-test-vit-cloob.json``, registered in
   OpenCLIP's factory of the test process (name :data:`TINY_MODEL`). Training subprocesses register
   it with ``--add-model-config PATH`` (see :func:`training_argv`).
 - ``fashion_mnist_available``: skips the test when the data package is not installed.
@@ -27,11 +27,13 @@ import torch
 from PIL import Image
 
 import training_process
-from offline_data import fashion_mnist_dir, load_fashion_mnist, write_fashion_mnist_dataset
+from cloob_tools.data import fashion_mnist_dir, load_fashion_mnist, write_fashion_mnist_dataset
+from cloob_tools.results import read_scalars
+from cloob_tools.runs import model_config
 
 TESTS_DIR = Path(__file__).parent
 TINY_MODEL = "tiny-test-vit-cloob"
-TINY_MODEL_CONFIG = TESTS_DIR / "model_configs" / f"{TINY_MODEL}.json"
+TINY_MODEL_CONFIG = model_config(TINY_MODEL)
 # The command line itself, for the tests of its exit statuses and output (see launch()).
 PYTHON_TRAIN_MODULE = (sys.executable, "-m", "training.main")
 
@@ -43,7 +45,7 @@ LEARNING_BATCH_SIZE = 128
 LEARNING_EPOCHS = 2
 
 NO_CUDA_REASON = ("no CUDA GPU here: scripts/device_check.sh runs the cuda tests on a GPU machine "
-                  "(README, Performance)")
+                  "(docs/tooling.md, the GPU check)")
 
 # The two pytest-xdist workers already keep both cores busy: a worker's own torch computes on one
 # thread, like the training processes it starts (see launch()).
@@ -204,11 +206,8 @@ def wait_for_training_progress(process: subprocess.Popen, log: Path, out_log: Pa
 
 def tensorboard_scalars(run: Path, tag: str) -> list:
     """``(step, value)`` of every ``tag`` scalar a run wrote to its tensorboard folder."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    return [(event.step, event.value) for event in events.Scalars(tag)]
+    scalars = read_scalars(run / "tensorboard")[tag]
+    return list(zip(scalars["step"], scalars["value"]))
 
 
 def run_training(argv: Sequence[str], log_file: Path, **kwargs) -> None:

@@ -12,7 +12,7 @@ import torch
 from cloob_checkpoints import CLOOB_SETTINGS, random_model, tiny_model_dir, training_checkpoint
 from open_clip_cloob import analysis
 from open_clip_cloob.export import export_model_folder
-from offline_data import write_fashion_mnist_dataset
+from cloob_tools.data import write_fashion_mnist_dataset
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,12 @@ import pytest
 from cloob_checkpoints import CLOOB_SETTINGS, random_model, tiny_model_dir, training_checkpoint
 from open_clip_cloob import benchmark
 from open_clip_cloob.export import export_model_folder
-from offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
+from cloob_tools.data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
                           write_clip_benchmark_set)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_SCRIPT = REPO / "scripts" / "zeroshot_paper.sh"
-TABLE_SCRIPT = REPO / "scripts" / "zeroshot_paper_table.py"
+TABLE_TOOL = ("-m", "cloob_tools.zeroshot_paper_table")
 PAPER_TEMPLATES = REPO / "scripts" / "zeroshot_paper_templates.json"
 NUM_IMAGES = 60
 
@@ -85,7 +85,7 @@ def test_paper_table_from_real_harness_output(results, tmp_path):
     as_imagenet.write_text(json.dumps({**{k: v for k, v in result.items() if k != "path"}, "dataset": "imagenet1k"}))
     table_path = tmp_path / "table.md"
     retrieval = results["harness", "zeroshot_retrieval"]["path"]
-    completed = subprocess.run([sys.executable, str(TABLE_SCRIPT), str(result["path"]), str(as_imagenet),
+    completed = subprocess.run([sys.executable, *TABLE_TOOL, str(result["path"]), str(as_imagenet),
                                 str(retrieval), "--output", str(table_path)],
                                check=True, capture_output=True, text=True)
     table = table_path.read_text()
@@ -98,7 +98,7 @@ def test_paper_table_from_real_harness_output(results, tmp_path):
     assert f"| wds/fashion_mnist | {top1:.2f} | — | — | — | — |" in table
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines() if line.startswith("| ")]
     assert rows[1:9] == ["Birdsnap", "Country211", "Flowers102", "GTSRB", "UCF101", "Stanford Cars", "ImageNet",
-                         "ImageNet-V2"]  # the paper's order (spec §6)
+                         "ImageNet-V2"]  # the order of the paper's zero-shot table
 
 
 def test_paper_script_runs_the_eight_datasets_with_the_protocol():
@@ -116,12 +116,12 @@ def test_paper_script_runs_the_eight_datasets_with_the_protocol():
         assert command[command.index("--dataset_root") + 1] == f"/data/{name}"
         assert command[command.index("--task") + 1] == "zeroshot_classification"
         assert ("--custom_template_file" in command) == dataset.startswith("wds/")
-    assert commands[-1].split()[1:] == [str(TABLE_SCRIPT), *[f"/out/{d.removeprefix('wds/')}.json" for d in datasets],
+    assert commands[-1].split()[1:] == [*TABLE_TOOL, *[f"/out/{d.removeprefix('wds/')}.json" for d in datasets],
                                         "--output", "/out/table.md"]
 
 
 def test_templates_and_class_lists_follow_the_paper_protocol():
-    """Spec §6: number of CLIP templates per dataset; class names in the datasets' label order."""
+    """The paper's zero-shot protocol: the number of CLIP templates per dataset; class names in the datasets' label order."""
     import clip_benchmark.datasets.builder as builder
 
     package = Path(builder.__file__).parent

@@ -12,7 +12,7 @@ from cloob_checkpoints import (CLOOB_SETTINGS, TINY_MODEL_CFG, encode, original_
                                tiny_model_dir, training_checkpoint)
 from open_clip_cloob import export
 from open_clip_cloob.checkpoint import load_checkpoint_file
-from offline_data import write_fashion_mnist_dataset
+from cloob_tools.data import write_fashion_mnist_dataset
 
 
 @pytest.fixture(scope="module")

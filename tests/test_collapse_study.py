@@ -1,18 +1,13 @@
-"""scripts/collapse_study.py: real training.main runs of the collapse recipe, summarised from their logs."""
+"""cloob_tools.collapse_study: real training.main runs of the collapse recipe, summarised from their tensorboard logs."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from cloob_tools import collapse_study
 
 
 @pytest.mark.slow
-def test_runs_are_summarised_and_finished_ones_skipped(tmp_path, fashion_mnist_available, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import collapse_study
-
+def test_runs_are_summarised_and_finished_ones_skipped(tmp_path, fashion_mnist_available):
     argv = ["--out", str(tmp_path), "--num-samples", "256", "--epochs", "1", "--variants", "base,wd-0", "--seeds", "0"]
     summary = collapse_study.main(argv)
     runs = json.loads((tmp_path / "summary.json").read_text())
@@ -30,10 +25,7 @@ def test_runs_are_summarised_and_finished_ones_skipped(tmp_path, fashion_mnist_a
     assert (tmp_path / "runs" / "base-s0" / "out.log").stat().st_mtime == before
 
 
-def test_unknown_variants_are_refused(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import collapse_study
-
+def test_unknown_variants_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         collapse_study.main(["--out", str(tmp_path), "--variants", "base,nonsense"])
     assert "--variants: unknown nonsense" in capsys.readouterr().err

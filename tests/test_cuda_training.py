@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, TINY_MODEL_CONFIG, launch, tensorboard_scalars, wait_ok
-from offline_data import write_fashion_mnist_dataset
+from cloob_tools.data import write_fashion_mnist_dataset
 from training.reliability import RESUME_KEY
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]

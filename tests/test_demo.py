@@ -1,4 +1,4 @@
-"""The quickstart demo: a smoke run (few steps, a data subset) produces every report artifact."""
+"""The quickstart demo: a smoke run (few steps, a slice of the corpus) produces every report artifact."""
 import json
 import re
 import subprocess
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from open_clip_cloob.analysis import METRICS
-from offline_data.emoji import INSTALL_HINT, emoji_available
+from cloob_tools import demo
+from cloob_tools.data import make_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "scripts" / "demo.py"
 PLOTS = ("loss_curves.png", "zeroshot.png", "spectra.png", "hopfield.png")
 SMOKE_STEPS = 3
 # training.main settings that may differ between the two runs: the loss and what it implies, the run name.
@@ -19,30 +19,22 @@ LOSS_DEPENDENT = {"loss", "init_inv_tau", "learnable_inv_tau", "name", "checkpoi
                   "tensorboard_path", "wandb_path"}
 
 
-def _demo_module():
-    sys.path.insert(0, str(DEMO.parent))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(DEMO.parent))
-    return demo
-
-
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, fashion_mnist_available):
-    if not emoji_available():
-        pytest.skip(f"emoji data missing: {INSTALL_HINT}")
+def smoke_run(tmp_path_factory):
+    try:
+        make_corpus.check_packages()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
     root = tmp_path_factory.mktemp("demo")
-    demo = _demo_module()
     readme = root / "README.md"
     readme.write_text(f"# title\n\nbefore\n{demo.README_BEGIN}\nold text\n{demo.README_END}\nafter\n")
     completed = subprocess.run(
-        [sys.executable, str(DEMO), "--smoke", "--steps", str(SMOKE_STEPS), "--work", str(root / "work"),
+        [sys.executable, "-m", "cloob_tools.demo", "--smoke", "--steps", str(SMOKE_STEPS), "--work", str(root / "work"),
          "--report", str(root / "report"), "--readme", str(readme)],
         capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     return {"root": root, "report": root / "report", "readme": readme, "log": completed.stdout + completed.stderr,
-            "demo": demo}
+            "demo": demo, "manifest": json.loads((root / "work" / "data" / "manifest.json").read_text())}
 
 
 @pytest.mark.slow
@@ -58,13 +50,15 @@ def test_report_artifacts_are_complete_and_parseable(smoke_run):
 
     report = smoke_run["report"]
     results = json.loads((report / "results.json").read_text())
+    metrics = demo.shown_metrics("corpus", smoke_run["manifest"]["benchmark"])
+    assert {name for name, _, _ in metrics} >= {"emoji_names", "symbol_names", "stamp_captions", "flag_names"}
     assert results["settings"]["steps"] == SMOKE_STEPS and results["settings"]["smoke"] is True
     for loss in ("clip", "cloob"):
         curve = results["loss_curves"][loss]
         assert curve["step"] == list(range(1, SMOKE_STEPS + 1))
         assert len(curve["loss"]) == SMOKE_STEPS and all(isinstance(value, float) for value in curve["loss"])
         zeroshot = results["zeroshot"][loss]
-        for name, key, _ in smoke_run["demo"].ZEROSHOT_METRICS:
+        for name, key, _ in metrics:
             assert 0.0 <= zeroshot[name][key] <= 1.0
     for label in ("CLIP", "CLOOB"):
         measured = results["analysis"][label]
@@ -82,8 +76,12 @@ def test_report_artifacts_are_complete_and_parseable(smoke_run):
     text = (report / "report.md").read_text()
     assert all(f"]({plot})" in text for plot in PLOTS)
     assert f"| {METRICS[0][1]} | {results['analysis']['CLIP']['alignment']:.4f} |" in text
-    top1 = [100 * results["zeroshot"][loss]["fashion_mnist"]["acc1"] for loss in ("clip", "cloob")]
-    assert f"| Fashion-MNIST top-1 | 10.0 | {top1[0]:.1f} | {top1[1]:.1f} |" in text
+    recall = [100 * results["zeroshot"][loss]["emoji_names"]["text_retrieval_recall@1"] for loss in ("clip", "cloob")]
+    chance = 100 / smoke_run["manifest"]["benchmark"]["emoji_names"]["num_samples"]
+    assert f"| emoji image→name R@1 | {chance:.1f} | {recall[0]:.1f} | {recall[1]:.1f} |" in text
+    for name, entry in smoke_run["manifest"]["sources"].items():  # the data section lists every source
+        row = f"| {name} | {entry['kind']} | {entry['captions']} | {entry['train']:,} | {entry['held_out']:,} |"
+        assert row in text
 
 
 @pytest.mark.slow
@@ -115,8 +113,21 @@ def test_readme_block_is_regenerated(smoke_run):
             assert line in report  # the same tables as the report
 
 
-def test_results_name_paths_inside_the_repository_relative_to_it():
-    demo = _demo_module()
+def test_data_options_are_checked_and_fashion_emoji_stays_available():
+    assert demo.parse_args([]).data == "corpus"
+    assert demo.parse_args(["--data", "fashion-emoji"]).data == "fashion-emoji"
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--data", "fashion-emoji", "--fashion-share", "0.5"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--fashion-share", "1"])
+    sets = {"emoji_names": {}, "fashion_mnist": {}}
+    shown = {data: [name for name, _, _ in demo.shown_metrics(data, sets)] for data in demo.DATA_CHOICES}
+    assert shown == {"corpus": ["emoji_names", "emoji_names", "fashion_mnist"],
+                     "fashion-emoji": ["fashion_mnist", "emoji_names", "emoji_names"]}
+
+
+def test_results_name_paths_inside_the_repository_relative_to_it(monkeypatch):
+    monkeypatch.chdir(REPO)  # the repository is where `make demo` runs
     assert demo.repo_relative(f"local-dir:{REPO}/demo-out/models/demo-clip") == "local-dir:demo-out/models/demo-clip"
     assert demo.repo_relative("/tmp/work/data") == "/tmp/work/data"
 
@@ -124,13 +135,12 @@ def test_results_name_paths_inside_the_repository_relative_to_it():
 def test_readme_without_markers_is_left_alone(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    assert _demo_module().update_readme(readme, "table") is False
+    assert demo.update_readme(readme, "table") is False
     assert readme.read_text() == "# no markers\n"
 
 
 def test_committed_readme_block_is_the_committed_report():
     """The README's demo numbers are those of docs/demo (written together by `make demo`, never by hand)."""
-    demo = _demo_module()
     text = (REPO / "README.md").read_text()
     block = text[text.index(demo.README_BEGIN) + len(demo.README_BEGIN):text.index(demo.README_END)]
     report = (REPO / "docs" / "demo" / "report.md").read_text()

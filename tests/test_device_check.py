@@ -21,6 +21,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from cloob_tools.perf_report import loss_table, train_table
+
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "device_check.sh"
 CARRY = REPO / "scripts" / "device_carry.sh"
@@ -61,11 +63,6 @@ def test_smoke_rehearsal_runs_every_part_and_writes_every_file(smoke):
 
 @pytest.mark.slow
 def test_smoke_results_and_summary_come_from_the_benchmarks(smoke):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from perf_report import loss_table, train_table
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
     out, _ = smoke
     loss, train = (json.loads((out / name).read_text()) for name in ("loss.json", "train.json"))
     assert (loss["device"], loss["precision"]) == ("cpu", "bf16")
@@ -84,7 +81,7 @@ def test_smoke_results_and_summary_come_from_the_benchmarks(smoke):
 def test_a_part_that_hangs_is_stopped_at_its_limit_and_the_next_is_not_started(tmp_path):
     # A Python whose loss benchmark hangs; every other part runs as usual.
     python = tmp_path / "python"
-    python.write_text(f'#!/bin/sh\nif [ "$1" = scripts/bench_loss.py ]; then exec sleep 600; fi\nexec {sys.executable} "$@"\n')
+    python.write_text(f'#!/bin/sh\nif [ "$2" = cloob_tools.bench_loss ]; then exec sleep 600; fi\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
     # 19 s in all, 15 of them kept for the summary: the loss part gets at most 4 s (less by the
     # seconds the script took to get there, which depends on the machine's load), the training part none.

@@ -87,10 +87,19 @@ def _rank_run(rank, world_size, variant, path, mode):
 
 def _worker(rank, world_size, port, out_dir):
     torch.set_num_threads(1)
-    # A tiny chunk budget makes the memory-efficient path run several odd-sized chunks.
-    cloob_loss_module.CHUNK_ELEMENTS = 5 * LOCAL_BATCH * world_size
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    save_rank_results(rank, world_size, out_dir)
+    dist.destroy_process_group()
+
+
+def save_rank_results(rank, world_size, out_dir, **extra):
+    """Every case on this rank of the initialised process group, saved (with ``extra``) as ``out_dir/rank{rank}.pt``.
+
+    Also run across the nodes of a SLURM cluster (tests/slurm_loss_task.py).
+    """
+    # A tiny chunk budget makes the memory-efficient path run several odd-sized chunks.
+    cloob_loss_module.CHUNK_ELEMENTS = 5 * LOCAL_BATCH * world_size
     results = {case: _rank_run(rank, world_size, *case) for case in CASES}
     # The same loss through OpenCLIP's next gather_features signature (CloobLoss decides at construction).
     cloob_loss_module.gather_features = gather_features_without_use_horovod
@@ -102,8 +111,7 @@ def _worker(rank, world_size, port, out_dir):
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     loss_fn = CloobLoss(hopfield_beta=BETA, rank=rank, world_size=world_size)
     results["diagnostics"] = loss_fn.diagnostics(image[rows].clone().requires_grad_(), text[rows])
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    torch.save({**results, **extra}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def _free_port():
@@ -138,9 +146,8 @@ def distributed_run(request, tmp_path_factory):
     return world_size, ranks
 
 
-@pytest.mark.parametrize("variant,path,mode", _cases())
-def test_values_match_single_process(distributed_run, variant, path, mode):
-    world_size, ranks = distributed_run
+def check_values(world_size, ranks, variant, path, mode):
+    """Each rank's loss value (their mean with local_loss) is the single-process value."""
     values = torch.stack([r[variant, path, mode][0] for r in ranks])
     single = _single_process(world_size, variant)[0]
     local_loss, _ = mode
@@ -154,9 +161,8 @@ def test_values_match_single_process(distributed_run, variant, path, mode):
         torch.testing.assert_close(values, single.expand(world_size), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant,path,mode", _cases(lambda variant, path, mode: mode != (True, False)))
-def test_feature_gradients_match_single_process(distributed_run, variant, path, mode):
-    world_size, ranks = distributed_run
+def check_feature_gradients(world_size, ranks, variant, path, mode):
+    """The ranks' feature gradients are the single-process ones (times world_size with gather_with_grad)."""
     _, grad_image, grad_text, _ = _single_process(world_size, variant)
     # A gather with gradient sums every rank's contribution into the owner's rows: world_size times
     # the gradient of the mean loss. Without it, each rank keeps only its own rows' share of its
@@ -169,11 +175,25 @@ def test_feature_gradients_match_single_process(distributed_run, variant, path, 
     torch.testing.assert_close(got_text, grad_text, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("variant,path,mode", _cases())
-def test_temperature_gradient_averages_to_single_process(distributed_run, variant, path, mode):
-    world_size, ranks = distributed_run
+def check_temperature_gradient(world_size, ranks, variant, path, mode):
+    """The mean of the ranks' temperature gradients is the single-process one."""
     averaged = torch.stack([r[variant, path, mode][3] for r in ranks]).mean()
     torch.testing.assert_close(averaged, _single_process(world_size, variant)[3], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant,path,mode", _cases())
+def test_values_match_single_process(distributed_run, variant, path, mode):
+    check_values(*distributed_run, variant, path, mode)
+
+
+@pytest.mark.parametrize("variant,path,mode", _cases(lambda variant, path, mode: mode != (True, False)))
+def test_feature_gradients_match_single_process(distributed_run, variant, path, mode):
+    check_feature_gradients(*distributed_run, variant, path, mode)
+
+
+@pytest.mark.parametrize("variant,path,mode", _cases())
+def test_temperature_gradient_averages_to_single_process(distributed_run, variant, path, mode):
+    check_temperature_gradient(*distributed_run, variant, path, mode)
 
 
 @pytest.mark.parametrize("variant,path,mode", _cases(lambda variant, path, mode: mode == (True, False)))
@@ -195,11 +215,15 @@ def test_gather_features_without_use_horovod_gives_the_same_results(distributed_
             assert torch.equal(got, want)
 
 
-def test_diagnostics_of_every_rank_are_those_of_the_global_batch(distributed_run):
-    world_size, ranks = distributed_run
+def check_diagnostics(world_size, ranks):
+    """Every rank's collective Hopfield diagnostics are those of the global batch."""
     want = reference_hopfield_diagnostics(*_global_batch(world_size), BETA)
     for r in ranks:
         assert r["diagnostics"] == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_diagnostics_of_every_rank_are_those_of_the_global_batch(distributed_run):
+    check_diagnostics(*distributed_run)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """CloobLoss, its ablation variants, hopfield_retrieval, info_loob and info_nce against the float64
-reference and the spec's properties."""
+reference and the method's properties."""
 import math
 
 import pytest
@@ -77,7 +77,7 @@ def test_gradcheck_float64():
 
 
 # ---------------------------------------------------------------------------------------------
-# Properties from the spec
+# Properties of the method
 
 
 def test_permutation_of_both_modalities_leaves_loss_unchanged():
@@ -289,7 +289,7 @@ def test_variant_permutation_of_both_modalities_leaves_loss_unchanged(variant):
 
 
 def test_info_nce_saturates_where_info_loob_does_not():
-    # The spec's non-saturation check, contrasted: raising one positive by delta lowers τ·ℓ_LOOB by
+    # InfoLOOB's non-saturation, contrasted with InfoNCE's saturation: raising one positive by delta lowers τ·ℓ_LOOB by
     # exactly delta/n, while τ·ℓ_NCE gains ever less (its positive term cancels in the softmax).
     n, d, inv_tau = 6, 10, 30.0
     anchors = torch.eye(d, dtype=torch.float64)[:n]
@@ -320,7 +320,7 @@ def test_unknown_objective_raises():
 
 def test_collapsed_loss_formula():
     assert collapsed_loss(512, 30.0) == pytest.approx(2 * math.log(511) / 30)
-    assert round(collapsed_loss(512, 30.0), 3) == 0.416  # the spec's sanity value
+    assert round(collapsed_loss(512, 30.0), 3) == 0.416  # 2·log(511)/30, the value of a collapsed batch of 512
     assert collapsed_loss(512, 30.0, "infonce") == pytest.approx(2 * math.log(512) / 30)
     assert collapsed_loss(2, 10.0) == 0.0
 

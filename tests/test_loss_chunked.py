@@ -161,16 +161,15 @@ def test_beta_from_spread_is_cloob_with_each_memorys_beta_k_over_its_spread(smal
 
 
 
-# Peak memory above the inputs of the CPU cases, all in one fresh interpreter (bench_loss.run_case
+# Peak memory above the inputs of the CPU cases, all in one fresh interpreter (cloob_tools.bench_loss.run_case
 # resets the kernel's high-water mark VmHWM before each). A fixed glibc mmap threshold returns every
 # freed block of 64 KiB or more to the system at once, so a case neither reuses memory an earlier
 # case left in the heap nor leaves any to the next; without it glibc raises the threshold
 # dynamically and keeps blocks of up to 32 MiB.
 _PEAKS_SCRIPT = """
 import json, sys
-sys.path.insert(0, sys.argv[1])
-import bench_loss
-for case in json.loads(sys.argv[2]):
+from cloob_tools import bench_loss
+for case in json.loads(sys.argv[1]):
     result = bench_loss.run_case(*case, "cpu", "fp32", repeats=1, max_warmup_seconds=0)
     print(json.dumps(result["peak_mib"]))
 """
@@ -183,7 +182,7 @@ def _cpu_peaks_mib(cases):
     and buffers the first pass of a loss loads do not count as growth."""
     cases = [[impl, n, MEMORY_DIM] for impl, n in [("cloob-direct", 256), ("cloob-chunked", 256), *cases]]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run([sys.executable, "-c", _PEAKS_SCRIPT, str(REPO / "scripts"), json.dumps(cases)],
+    completed = subprocess.run([sys.executable, "-c", _PEAKS_SCRIPT, json.dumps(cases)],
                                capture_output=True, text=True, env=env, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return [float(line) for line in completed.stdout.split()][2:]

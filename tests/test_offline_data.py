@@ -1,11 +1,11 @@
-"""offline_data: real Fashion-MNIST images as OpenCLIP CSV and webdataset data."""
+"""cloob_tools.data: real Fashion-MNIST images as OpenCLIP CSV and webdataset data."""
 import numpy as np
 import pytest
 import webdataset as wds
 from open_clip_train.data import CsvDataset
 from PIL import Image
 
-from offline_data import (
+from cloob_tools.data import (
     CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions, write_clip_benchmark_set,
     write_csv_dataset, write_webdataset_shards)
 

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from offline_data import emoji as emoji_data
+from cloob_tools.data import emoji as emoji_data
 
 
 @pytest.fixture(scope="module")

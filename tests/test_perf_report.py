@@ -1,27 +1,25 @@
 """The README's performance tables are generated from docs/perf/*.json; the device check's verdicts.
 
-``scripts/perf_report.py`` renders every table from the benchmarks' JSON files, so each number in
+``python -m cloob_tools.perf_report`` renders every table from the benchmarks' JSON files, so each number in
 the README can be traced to a measurement (machine, command, date); this checks that the README
 holds exactly what the committed files give, and that the targets of a GPU run are judged right.
 """
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import perf_report  # noqa: E402
-from readme_block import read_block  # noqa: E402
+from cloob_tools import perf_report
+from cloob_tools.reports import read_block
 
-sys.path.remove(str(REPO / "scripts"))
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / perf_report.DOCS
 
 
 def test_readme_performance_block_is_generated_from_docs_perf():
     block = read_block(REPO / "README.md", perf_report.README_BEGIN, perf_report.README_END)
-    assert block == perf_report.readme_block(perf_report.DOCS), "run: python scripts/perf_report.py readme"
-    measured = json.loads((perf_report.DOCS / "loss-cpu.json").read_text())
+    assert block == perf_report.readme_block(DOCS), "run: python -m cloob_tools.perf_report readme"
+    measured = json.loads((DOCS / "loss-cpu.json").read_text())
     assert measured["device"] == "cpu" and measured["results"] and measured["command"] in block
 
 
@@ -59,6 +57,6 @@ def test_targets_are_judged_on_gpu_measurements_only():
 
 @pytest.mark.parametrize("name", ["loss-cpu.json"])
 def test_committed_results_say_where_and_how_they_were_measured(name):
-    measured = json.loads((perf_report.DOCS / name).read_text())
+    measured = json.loads((DOCS / name).read_text())
     assert {"command", "date", "device", "device_name", "precision", "torch", "note"} <= measured.keys()
     assert measured["command"].startswith("python scripts/bench_loss.py")

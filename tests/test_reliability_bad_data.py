@@ -9,7 +9,7 @@ import open_clip
 import pytest
 
 from conftest import TINY_MODEL, run_training, training_argv
-from offline_data import load_fashion_mnist, make_captions, write_csv_dataset
+from cloob_tools.data import load_fashion_mnist, make_captions, write_csv_dataset
 from training.data_checks import BadDataError, CheckedCsvDataset, check_shards
 
 ROWS = 64

@@ -5,8 +5,11 @@
 - A real ``training.main`` run whose loss is always NaN stops after ``--max-nonfinite-steps`` with
   a checkpoint holding the unchanged weights.
 - A checkpoint whose unpickling would run code is refused, and the code does not run.
+- A distributed run's heartbeats (``PeerWatch``) name the ranks, and their hosts, that stopped
+  answering; a store that does not answer names rank 0, which serves it.
 """
 import os
+import threading
 
 import open_clip
 import pytest
@@ -16,8 +19,8 @@ from PIL import Image
 from conftest import TINY_MODEL, launch, training_argv
 from open_clip_cloob import CloobLoss
 from open_clip_cloob.checkpoint import CheckpointError
-from offline_data import load_fashion_mnist, make_captions
-from training.reliability import NonFiniteGuard, load_checkpoint, sum_over_ranks
+from cloob_tools.data import load_fashion_mnist, make_captions
+from training.reliability import NonFiniteGuard, PeerWatch, load_checkpoint, sum_over_ranks
 
 
 @pytest.fixture
@@ -147,3 +150,41 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         load_checkpoint(str(path), map_location="cpu")
     assert not marker.exists()
+
+
+def test_peer_watch_names_the_ranks_whose_heartbeat_stopped_with_their_hosts():
+    store = torch.distributed.HashStore()  # stands in for the rendezvous store, one per run
+    # Rank 0 of 3 watches; rank 1 (node1) keeps beating, rank 2 (node2) stopped after its first beat.
+    for rank, host in ((1, "node1"), (2, "node2")):
+        store.set(f"host/{rank}", host)
+        store.add(f"beat/{rank}", 1)
+    watch = PeerWatch(store, rank=0, world_size=3, interval=0.05)
+    stop = threading.Event()
+
+    def rank_1() -> None:
+        while not stop.wait(0.01):
+            store.add("beat/1", 1)
+
+    beating = threading.Thread(target=rank_1)
+    beating.start()
+    try:
+        assert watch.describe_lost() == "rank 2 (host node2)"
+    finally:
+        stop.set()
+        beating.join()
+        watch.stop()
+
+
+class _GoneStore:
+    """A store whose server no longer answers."""
+
+    def clone(self):
+        raise torch.distributed.DistStoreError("Timed out after 10 seconds waiting for the store")
+
+
+def test_peer_watch_names_rank_0_when_the_store_does_not_answer():
+    watch = PeerWatch(torch.distributed.HashStore(), rank=1, world_size=2, interval=0.05)
+    watch.stop()
+    watch.store = _GoneStore()
+    assert watch.describe_lost() == ("rank 0 (it serves the rendezvous store, which does not answer: "
+                                     "DistStoreError: Timed out after 10 seconds waiting for the store)")

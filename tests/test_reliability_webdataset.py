@@ -18,7 +18,7 @@ import pytest
 
 from conftest import (
     CORRUPT_IMAGENET_IMAGES, TINY_MODEL, launch, run_training, tensorboard_scalars, training_argv, wait_for, wait_ok)
-from offline_data import load_fashion_mnist, make_captions, write_webdataset_shards
+from cloob_tools.data import load_fashion_mnist, make_captions, write_webdataset_shards
 from training import openclip_hooks, params
 from training.data_checks import BadDataError
 from training.reliability import ContinuedDraw

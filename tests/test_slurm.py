@@ -10,6 +10,10 @@ images on CPU; the jobs of the module are submitted together and run side by sid
   the step and exit 75 through ``srun``, the script runs ``scontrol requeue``, and the next attempt
   resumes with ``--resume latest``; the final weights equal the reference's bit for bit, and the
   job's output file keeps the record of every attempt.
+- The preempted run, resubmitted (a new ``sbatch``) with an edited flag, another β: the job fails
+  before any step with one message naming the change, is not requeued and leaves the run's
+  checkpoint as it was; resubmitted with ``--allow-changed-settings`` it trains on with the new β and
+  its checkpoint records the old settings in its history.
 - A job whose training fails ends FAILED with the training's exit status, without a requeue.
 - ``yfcc15m.sbatch`` (2 tasks, webdataset shards) and ``cc3m_rn50.sh`` (1 task, with validation),
   submitted from the repository root with their recipe flags overridden down to a tiny run, go
@@ -17,28 +21,24 @@ images on CPU; the jobs of the module are submitted together and run side by sid
 """
 import re
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 import torch
 
-from conftest import TINY_MODEL, free_port, small_csv_argv, training_argv
-from slurm_cluster import FINAL_STATES, SlurmCluster, skip_reason
+from conftest import TINY_MODEL, small_csv_argv, training_argv
+from slurm_cluster import Job, PreemptedJob, SlurmCluster, read_text, started, submit_job, usr1_stops
+from open_clip_cloob.checkpoint import HISTORY_KEY
 from training.reliability import RESUME_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 REPO = Path(__file__).parent.parent
-SCRIPTS = REPO / "scripts"
 WORLD_SIZE = 2
 BATCH_SIZE = 16  # per rank (small_csv_argv)
 STEPS = 512 // (WORLD_SIZE * BATCH_SIZE)  # one epoch of small_csv's 512 images
 TIME_LIMIT_MIN = 30
-WARN_S = 180  # the scripts' --signal=USR1@180
-PERIODIC_S = 30  # slurmctld checks time limits, and sends the --signal warnings, every 30 s
 TIMEOUT_S = 900
 # The preemption job's attempts run one after the other and wait on SLURM in between; the other jobs
 # run nicer, on the CPU time those attempts leave.
@@ -51,34 +51,14 @@ def _cpu_job(tasks: int) -> List[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> SlurmCluster:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@dataclass
-class Job:
-    """A submitted job and the run folder its training writes."""
-
-    id: int
-    run: Path
+def cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
+    yield from started(SlurmCluster, tmp_path_factory.mktemp("slurm"))
 
 
 def _submit(cluster: SlurmCluster, script: str, args: Sequence[str], run: Path, options: Sequence[str],
             env: Optional[Dict[str, str]] = None, submit_dir: Optional[Path] = None,
             nice: int = BACKGROUND_NICE) -> Job:
-    """sbatch ``script`` from ``submit_dir``; the job works (and writes its output file) in the run's parent."""
-    job_env = {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **(env or {})}
-    job_id = cluster.submit(SCRIPTS / script, *args, options=[*options, f"--chdir={run.parent}"],
-                            cwd=submit_dir or run.parent, env=job_env, nice=nice)
-    return Job(job_id, run)
+    return submit_job(cluster, script, args, run, options, env, submit_dir, nice)
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +88,8 @@ def jobs(cluster, tmp_path_factory, fashion_mnist_data, tiny_model_config) -> Di
     }
 
 
-def _read(path: Path) -> str:
-    return path.read_text(errors="replace") if path.is_file() else ""
-
-
 def _params(run: Path) -> Dict[str, str]:
-    return dict(re.findall(r"^(\w+): (.*)$", _read(run / "params.txt"), flags=re.MULTILINE))
+    return dict(re.findall(r"^(\w+): (.*)$", read_text(run / "params.txt"), flags=re.MULTILINE))
 
 
 def _final_checkpoint(run: Path) -> dict:
@@ -121,120 +97,40 @@ def _final_checkpoint(run: Path) -> dict:
 
 
 def _wait_completed(cluster: SlurmCluster, job: Job, restarts: int = 0) -> Dict[str, str]:
-    fields = cluster.wait_final(job.id, TIMEOUT_S)
-    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", str(restarts)), \
-        f"{fields}\n{cluster.job_output(fields)}"
-    return fields
-
-
-def _run_seconds(fields: Dict[str, str]) -> int:
-    """``RunTime`` ([days-]hh:mm:ss) in seconds."""
-    days, _, clock = fields["RunTime"].rpartition("-")
-    hours, minutes, seconds = (int(part) for part in clock.split(":"))
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
-
-
-def _stops(output: str) -> List[int]:
-    """The step of each "Preempted" line the ranks wrote to the job's output (in order)."""
-    return [int(step) for step in re.findall(r"Preempted: SIGUSR1: step \d+ \(epoch 0, step (\d+)\)", output)]
-
-
-class Timeline:
-    """What the preemption test saw, in seconds since the job was released; printed at the end."""
-
-    def __init__(self) -> None:
-        self.start, self.events = time.monotonic(), []
-
-    def __call__(self, event: str) -> None:
-        self.events.append((time.monotonic() - self.start, event))
-
-    def __str__(self) -> str:
-        return "\n".join(f"{seconds:7.1f} s  {event}" for seconds, event in self.events)
-
-
-class PreemptedJob:
-    """Waits on the attempts of the preemption job, failing early if it ends."""
-
-    def __init__(self, cluster: SlurmCluster, job: Job, timeline: Timeline) -> None:
-        self.cluster, self.job, self.timeline = cluster, job, timeline
-        self.out_log = job.run / "out.log"
-
-    def wait(self, what: str, predicate) -> Dict[str, str]:
-        def reached(fields: Dict[str, str]) -> bool:
-            if fields["JobState"] in FINAL_STATES:
-                pytest.fail(f"job {self.job.id} ended while waiting for {what}: {fields}\n"
-                            f"{self.cluster.job_output(fields)}")
-            return predicate(fields)
-
-        return self.cluster.wait_job(self.job.id, reached, what, TIMEOUT_S)
-
-    def wait_for_stop(self, stops: int, output: Path) -> None:
-        """Until both ranks logged stop number ``stops`` (the checkpoint is written)."""
-        self.wait("the ranks to save and stop", lambda _: len(_stops(_read(output))) >= WORLD_SIZE * stops)
-        self.timeline(f"both ranks logged 'Preempted: SIGUSR1: step {_stops(_read(output))[-1]}', exit 75")
-
-    def wait_for_requeue(self, restarts: int) -> None:
-        fields = self.wait("the requeue", lambda fields: fields["Restarts"] == str(restarts))
-        self.timeline(f"requeued by the script: {fields['JobState']}, reason {fields['Reason']}, "
-                      f"EligibleTime {fields['EligibleTime']}")
-
-    def wait_for_resume(self, attempt: int, log_chars: int) -> None:
-        """Until the attempt's rank 0 logged the resume (signal handlers are installed on every rank by then)."""
-        fields = self.wait(f"attempt {attempt} to start", lambda fields: fields["JobState"] == "RUNNING")
-        self.timeline(f"attempt {attempt} RUNNING (StartTime {fields['StartTime']})")
-        self.wait(f"attempt {attempt} to resume",
-                  lambda _: "Resuming inside epoch 0 after" in _read(self.out_log)[log_chars:])
-        self.timeline(f"attempt {attempt} logged 'Resuming inside epoch 0' (--resume latest)")
+    return cluster.wait_completed(job.id, restarts, TIMEOUT_S)
 
 
 def test_preempted_job_saves_exits_75_is_requeued_and_resumes_to_the_uninterrupted_weights(cluster, jobs):
     job, reference = jobs["preempted"], jobs["reference"]
-    cluster.command("scontrol", "release", str(job.id))
-    timeline = Timeline()
-    timeline(f"job {job.id} released (submitted held: sbatch --hold scripts/train_slurm.sbatch)")
-    attempts = PreemptedJob(cluster, job, timeline)
+    attempts = PreemptedJob.release(cluster, job, WORLD_SIZE, TIMEOUT_S,
+                                    "submitted held: sbatch --hold scripts/train_slurm.sbatch")
+    timeline = attempts.timeline
 
-    # 1. SLURM's time-limit warning. Once the ranks trained 2 steps they are paused (SIGSTOP), so the
-    # run cannot end before slurmctld's next 30 s check; SLURM sends SIGCONT before the warning signal.
-    pattern = re.compile(r"Train Epoch: 0 \[\s*(\d+)/")
-    fields = attempts.wait("attempt 1 to train 2 steps", lambda _: any(
-        int(n) >= 2 * WORLD_SIZE * BATCH_SIZE for n in pattern.findall(_read(attempts.out_log))))
-    output = Path(fields["StdOut"])
-    timeline(f"attempt 1 trained 2 steps (StartTime {fields['StartTime']})")
-    cluster.command("scancel", "--signal=STOP", str(job.id))
-    elapsed = _run_seconds(cluster.job(job.id))
-    # The longest whole-minute limit whose warning is due at the next check (end - now <= 180 s + one
-    # 30 s check period): more than 150 s left for the warning, the stop and the requeue.
-    minutes = (WARN_S + PERIODIC_S + elapsed) // 60
-    cluster.command("scontrol", "update", f"JobId={job.id}", f"TimeLimit={minutes}")
-    timeline(f"ranks paused (scancel --signal=STOP); time limit cut to {minutes} min at {elapsed} s of run time")
-    attempts.wait_for_stop(1, output)
-    # Restored before the requeue (the ranks take seconds to exit, a requeued job 6 s to start): the
-    # next attempts run under the full limit.
-    cluster.command("scontrol", "update", f"JobId={job.id}", f"TimeLimit={TIME_LIMIT_MIN}")
+    # 1. SLURM's time-limit warning, once the ranks trained 2 steps.
+    output = attempts.warn_by_time_limit(2, WORLD_SIZE * BATCH_SIZE, TIME_LIMIT_MIN)
     attempts.wait_for_requeue(1)
 
     # 2. scancel --batch: SIGUSR1 to the batch script only, which passes it to srun and on to the ranks.
-    attempts.wait_for_resume(2, len(_read(attempts.out_log)))
+    attempts.wait_for_resume(2, len(read_text(attempts.out_log)))
     cluster.command("scancel", "--batch", "--signal=USR1", str(job.id))
     timeline("scancel --batch --signal=USR1")
     attempts.wait_for_stop(2, output)
     attempts.wait_for_requeue(2)
 
-    attempts.wait_for_resume(3, len(_read(attempts.out_log)))
+    attempts.wait_for_resume(3, len(read_text(attempts.out_log)))
     fields = _wait_completed(cluster, job, restarts=2)
     timeline(f"attempt 3 ended: {fields['JobState']}, ExitCode {fields['ExitCode']} (EndTime {fields['EndTime']})")
     print(f"\nPreemption job timeline (seconds since release):\n{timeline}")
 
     # One output file for all three attempts (--open-mode=append): each stop by both ranks at the same
     # step, srun's status 75 and the script's requeue.
-    text = _read(output)
-    stops = _stops(text)
+    text = read_text(output)
+    stops = usr1_stops(text)
     assert len(stops) == 2 * WORLD_SIZE and stops[0] == stops[1] and stops[2] == stops[3], text
     assert 2 <= stops[0] < stops[2] < STEPS, stops
     assert len(re.findall(r"srun: error: \S+: tasks? [\d,-]+: Exited with exit code 75", text)) >= 2, text
     assert text.count(f"requeueing job {job.id}") == 2, text
-    assert [int(step) for step in re.findall(r"Resuming inside epoch 0 after (\d+) steps", _read(attempts.out_log))] \
+    assert [int(step) for step in re.findall(r"Resuming inside epoch 0 after (\d+) steps", read_text(attempts.out_log))] \
         == [stops[0], stops[2]]
 
     expected = _final_checkpoint(reference.run)["state_dict"]
@@ -243,6 +139,31 @@ def test_preempted_job_saves_exits_75_is_requeued_and_resumes_to_the_uninterrupt
     assert not [key for key, value in expected.items() if not torch.equal(value, resumed[key])]
     # The finished run keeps no step checkpoint next to its final one.
     assert sorted(path.name for path in (job.run / "checkpoints").iterdir()) == ["epoch_1.pt"]
+
+
+def test_a_preempted_run_resubmitted_with_changed_flags_stops_unless_allowed(cluster, jobs, fashion_mnist_data):
+    preempted = jobs["preempted"]
+    _wait_completed(cluster, preempted, restarts=2)
+    finished = preempted.run / "checkpoints" / "epoch_1.pt"
+    recorded = _final_checkpoint(preempted.run)["cloob"]
+    before = finished.read_bytes()
+    edited = small_csv_argv(preempted.run.parent, preempted.run.name, fashion_mnist_data, "--epochs", "2",
+                            "--hopfield-beta", "16")  # the script adds --resume latest
+    refused = _submit(cluster, "train_slurm.sbatch", edited, preempted.run, _cpu_job(WORLD_SIZE), nice=0)
+    fields = cluster.wait_final(refused.id, TIMEOUT_S)
+    output = cluster.job_output(fields, sys.maxsize)
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("FAILED", "1:0", "0"), output
+    assert (f"ChangedSettingsError: {finished} was trained with other CLOOB settings than this command line's: "
+            "hopfield_beta 8.0 in the checkpoint, 16.0 now.") in output
+    assert "requeueing" not in output and finished.read_bytes() == before
+
+    allowed = _submit(cluster, "train_slurm.sbatch", [*edited, "--allow-changed-settings"], preempted.run,
+                      _cpu_job(WORLD_SIZE), nice=0)
+    _wait_completed(cluster, allowed)
+    extended = torch.load(preempted.run / "checkpoints" / "epoch_2.pt", map_location="cpu", weights_only=True)
+    assert extended["cloob"] == {**recorded, "hopfield_beta": 16.0}
+    assert extended[HISTORY_KEY] == [{"settings": recorded, "until_epoch": 1, "until_step": 0,
+                                      "checkpoint": str(finished)}]
 
 
 def test_train_slurm_sbatch_trains_to_the_end_on_two_ranks(cluster, jobs):
@@ -288,4 +209,4 @@ def test_recipe_submitted_with_sbatch_trains_through_train_slurm_sbatch(cluster,
 def test_cc3m_recipe_validates_on_its_val_data(cluster, jobs):
     job = jobs["cc3m"]
     _wait_completed(cluster, job)
-    assert "cloob_val_loss" in _read(job.run / "checkpoints" / "results.jsonl")
+    assert "cloob_val_loss" in read_text(job.run / "checkpoints" / "results.jsonl")

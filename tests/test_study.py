@@ -1,17 +1,18 @@
-"""scripts/study.py: a tiny grid end to end (training.main runs, zero-shot at two eval points, the report), and
+"""cloob_tools.study: a tiny grid end to end (training.main runs, zero-shot at two eval points, the report), and
 how a study resumes: finished runs are skipped, an interrupted run is trained again, new seeds add runs."""
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
+from cloob_tools.runs import MODEL_CONFIGS
 from conftest import TINY_MODEL, TINY_MODEL_CONFIG, launch
-from offline_data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
+from cloob_tools import study as study_package
+from cloob_tools.data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist, make_captions,
                           write_clip_benchmark_set, write_fashion_mnist_dataset)
 from open_clip_cloob.analysis import METRICS
 
@@ -20,12 +21,7 @@ PLOTS = ("loss_curves.png", "zeroshot_curves.png", "final.png")
 
 
 def _study_module():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import study
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return study
+    return study_package
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,7 @@ def test_report_has_plots_tables_and_the_commands(smoke_study):
     rank = runs["cloob"]["analysis"]["effective_rank_text"]
     assert f"| cloob β=8 | 4 | 0 | {top1:.1f} (n=1) |" in text and f"{rank:.2f} (n=1)" in text
     assert "](diagnostics.png)" in text and "n/a: no run logged" not in text
-    assert "python scripts/study.py " + " ".join(smoke_study["argv"][:2]) in text
+    assert "python -m cloob_tools.study " + " ".join(smoke_study["argv"][:2]) in text
 
 
 @pytest.mark.slow
@@ -146,7 +142,8 @@ def test_more_seeds_plan_only_the_missing_runs(smoke_study):
 def test_report_with_diagnostics_seeds_and_a_beta_sweep(smoke_study, tmp_path):
     """The report's diagnostics, collapse warning, seeds and β sweep, from a finished run's folder with its
     tensorboard scalars replaced by the test's own (values of the library's hopfield_diagnostics, a
-    warning at step 3), and from copies of its result under other seeds and β (the numbers are the test's own)."""
+    warning at step 3, a loss curve), and from copies of its result under other seeds and β (the numbers
+    are the test's own)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from open_clip_cloob import hopfield_diagnostics
@@ -164,11 +161,15 @@ def test_report_with_diagnostics_seeds_and_a_beta_sweep(smoke_study, tmp_path):
             for key, value in hopfield_diagnostics(features[0], features[1], 8.0).items():
                 writer.add_scalar(f"train/hopfield/{key}", value, step)
             writer.add_scalar("train/collapse_warning", float(step == 3), step)
+            for tag, value in (("train/loss", 1.0 / step), ("train/scale", 30.0), ("train/batch_time", 0.1)):
+                writer.add_scalar(tag, value, step)
     collected = study.collect_run(folder, cloob["settings"], cloob["zeroshot_sets"], cloob["zeroshot"],
                                   cloob["analysis"], 0.0, cloob["command"])
     assert sorted(collected["diagnostics"]) == sorted(study.DIAGNOSTICS)
     assert collected["diagnostics"]["mean_cosine_images"]["step"] == [1, 2, 3, 4]
     assert collected["collapse_warning"]["value"] == [0.0, 0.0, 1.0, 0.0]
+    assert collected["loss_curve"]["step"] == [2, 3, 4, 5]  # steps done: OpenCLIP logs a step at its 0-based index
+    assert collected["loss_curve"]["loss"] == pytest.approx([1.0, 1 / 2, 1 / 3, 1 / 4])
 
     def variant(seed, beta, acc1):
         copy = json.loads(json.dumps(collected))
@@ -225,10 +226,10 @@ def test_steps_must_fit_the_eval_points_and_a_csv(tmp_path):
         study.resolve_steps(study.parse_args(["--batch-size", "16", "--eval-points", "2", "--steps", "10"]), manifest)
 
 
-def test_readme_study_commands_use_existing_flags():
+def test_documented_study_commands_use_existing_flags():
     known = set(_study_module().build_parser()._option_string_actions)
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
-    lines = [line.split("scripts/study.py", 1)[1] for line in text.splitlines() if "python scripts/study.py" in line]
+    text = (REPO / "docs" / "tooling.md").read_text().replace("\\\n", " ")
+    lines = [line.split("cloob_tools.study", 1)[1] for line in text.splitlines() if "python -m cloob_tools.study" in line]
     # Quoted --extra-flags values are training.main's flags.
     flags = {flag for line in lines
              for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", re.sub(r'"[^"]*"', "", line.split("#")[0]))}
@@ -237,7 +238,7 @@ def test_readme_study_commands_use_existing_flags():
 
 def test_study_width_variant_changes_only_the_embedding_width():
     """docs/study's width check trains demo-vit-e256: demo-vit with a 256-wide embedding and nothing else changed."""
-    configs = REPO / "scripts" / "demo_model_configs"
+    configs = MODEL_CONFIGS
     base = json.loads((configs / "demo-vit.json").read_text())
     wide = json.loads((configs / "demo-vit-e256.json").read_text())
     assert {key: value for key, value in wide.items() if base.get(key) != value} == {"embed_dim": 256}

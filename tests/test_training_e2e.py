@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import (
     CORRUPT_IMAGENET_IMAGES, LEARNING_BATCH_SIZE, LEARNING_EPOCHS, TINY_MODEL, run_training, tensorboard_scalars,
     training_argv)
-from offline_data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
+from cloob_tools.data import CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fashion_mnist
 from training.monitor import COLLAPSE_TAG, DIAGNOSTIC_PREFIX
 from training.scheduler import cosine_restarts_lr
 
@@ -37,7 +37,7 @@ def _params(run: Path) -> dict:
 
 
 def zero_shot_accuracy(checkpoint: Path, images: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 zero-shot accuracy, the paper's protocol (§6): mean prompt embedding per class, argmax cosine."""
+    """Top-1 zero-shot accuracy, the paper's protocol: mean prompt embedding per class, argmax cosine."""
     model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=str(checkpoint))
     model.eval()
     templates = [lambda c, template=template: template.format(c=c) for template in CAPTION_TEMPLATES]

@@ -1,10 +1,12 @@
 """The hooks into OpenCLIP still fit the installed version: fail loudly instead of training CLIP."""
 import builtins
+import datetime
 import importlib
 import inspect
 import signal
 
 import pytest
+import torch
 
 from training import openclip_hooks
 from training.data_checks import BadSampleCounter, WebdatasetSampleCheck
@@ -14,6 +16,9 @@ from training.reliability import PREEMPTION_SIGNALS
 
 # The names replaced only while OpenCLIP builds a webdataset pipeline (openclip_hooks._webdataset_checks).
 WHILE_BUILDING_WEBDATASET = {hook.name for hook in HOOKS if hook.caller == "open_clip_train.data.get_wds_dataset"}
+# The names replaced only while OpenCLIP initialises the process group (openclip_hooks._process_group_timeout).
+WHILE_INITIALISING = {hook.name for hook in HOOKS
+                      if hook.caller == "open_clip_train.distributed.init_distributed_device_so"}
 
 
 def _resolve(dotted: str):
@@ -87,7 +92,8 @@ def _rebound(modules, before) -> set:
 def test_install_hooks_replaces_exactly_the_listed_names(hooked_modules):
     # --restart-cycles > 1: the cosine_lr hook is installed too.
     install_hooks(parse_args(["--model", "RN50-cloob", "--lr-scheduler", "cosine-restarts", "--restart-cycles", "2"]))
-    expected = {(hook.module, hook.name) for hook in HOOKS if hook.name not in WHILE_BUILDING_WEBDATASET}
+    expected = {(hook.module, hook.name) for hook in HOOKS
+                if hook.name not in WHILE_BUILDING_WEBDATASET | WHILE_INITIALISING}
     assert _rebound(*hooked_modules) == expected
 
 
@@ -105,3 +111,51 @@ def test_openclip_works_on_the_one_run_configuration(hooked_modules):
     run = install_hooks(args)
     # OpenCLIP's main() gets the namespace training.main parsed, not a second parse of argv.
     assert run.args is args and modules["open_clip_train.main"].parse_args(["--model", "RN50"]) is args
+
+
+def test_dist_timeout_reaches_init_process_group_only_while_openclip_initialises(hooked_modules):
+    modules, before = hooked_modules
+    with openclip_hooks._process_group_timeout(7.5):
+        replaced = torch.distributed.init_process_group
+        assert _rebound(modules, before) == {("torch.distributed", name) for name in WHILE_INITIALISING}
+    assert replaced.keywords == {"timeout": datetime.timedelta(seconds=7.5)}
+    assert _rebound(modules, before) == set() and WHILE_INITIALISING == {"init_process_group"}
+    with openclip_hooks._process_group_timeout(None):  # no --dist-timeout: torch's default
+        assert _rebound(modules, before) == set()
+
+
+class _Recorded:
+    """Stands in for torch.distributed.init_process_group and PeerWatch; records their arguments."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def __call__(self, *args, **kwargs) -> None:
+        self.calls.append(kwargs)
+
+    def of_process_group(self, rank: int, world_size: int) -> str:
+        self.calls.append({"peers": (rank, world_size)})
+        return "watch"
+
+
+def test_a_slurm_task_initialises_the_process_group_with_ranks_from_slurm_and_the_timeout(hooked_modules,
+                                                                                         monkeypatch):
+    # Task 3 of 4, the second on its node, as srun starts it (no torchrun variables).
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    modules, _ = hooked_modules
+    recorded = _Recorded()
+    monkeypatch.setattr(openclip_hooks, "_torch_init_process_group", recorded)
+    monkeypatch.setattr(openclip_hooks, "PeerWatch", recorded)
+    args = parse_args(["--model", "RN50-cloob", "--device", "cpu", "--dist-timeout", "12.5"])
+    run = install_hooks(args)
+    modules["open_clip_train.main"].init_distributed_device(args)  # what OpenCLIP's main() calls
+    assert recorded.calls == [
+        {"backend": "gloo", "init_method": "env://", "world_size": 4, "rank": 3,
+         "timeout": datetime.timedelta(seconds=12.5)},
+        {"peers": (3, 4)}]
+    assert (args.rank, args.local_rank, args.world_size, args.distributed) == (3, 1, 4, True)
+    assert run.peers == "watch"

@@ -1,7 +1,7 @@
 """training.monitor: Hopfield diagnostics on OpenCLIP's logging steps and the collapse warning.
 
 Unit tests drive the monitor with the real ``CloobLoss`` and a real tensorboard writer, step by
-step; end to end, the run of issue 12 (2-layer ViT, 6,000 Fashion-MNIST images, 4 caption
+step; end to end, the collapse recipe (2-layer ViT, 6,000 Fashion-MNIST images, 4 caption
 templates, lr 1e-3 after a 5-step warmup) collapses and must warn. That the suite's healthy learning
 run does not warn is checked with that run's other tests (test_training_e2e.py).
 """
@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cloob_tools.data import write_fashion_mnist_dataset
+from cloob_tools.runs import model_config
 from conftest import launch, tensorboard_scalars, wait_ok
-from offline_data import write_fashion_mnist_dataset
 from open_clip_cloob import CloobLoss, collapsed_loss, hopfield_diagnostics
 from training.monitor import COLLAPSE_STEPS, COLLAPSE_TAG, DIAGNOSTIC_PREFIX, HopfieldMonitor, is_logging_step
 
-REPO = Path(__file__).resolve().parents[1]
 N, D = 16, 8
 
 
@@ -136,39 +136,40 @@ def test_the_collapsed_value_follows_the_objective_and_temperature(tmp_path):
         assert monitor._collapsed_at_unit_inv_tau / 30 == pytest.approx(collapsed_loss(N, 30.0, objective))
 
 
-# --- End to end: the run of issue 12 ---------------------------------------------------------------
+# --- End to end: the collapse recipe ----------------------------------------------------------------
 
-ISSUE_TEMPLATES = ("a photo of a {c}.", "a grayscale photo of a {c}.", "a product photo of the {c}.",
+RECIPE_TEMPLATES = ("a photo of a {c}.", "a grayscale photo of a {c}.", "a product photo of the {c}.",
                    "an image of a {c}.")
-COLLAPSE_CONFIG = REPO / "tests" / "model_configs" / "vit32-collapse-cloob.json"
-# The recipe of issue 12; with this data and seed it collapses on step 5 (on one thread, as launch() runs it).
-ISSUE_FLAGS = ("--loss", "cloob", "--scale-hopfield", "8", "--batch-size", "128", "--epochs", "5", "--lr", "1e-3",
+COLLAPSE_CONFIG = model_config("vit32-collapse-cloob")
+# The collapse recipe, 2 of its 5 epochs (94 steps: the warning needs 30 collapsed steps after warmup);
+# with this data and seed it collapses on step 5 (on one thread, as launch() runs it).
+RECIPE_FLAGS = ("--loss", "cloob", "--scale-hopfield", "8", "--batch-size", "128", "--epochs", "2", "--lr", "1e-3",
                "--warmup", "5", "--wd", "0.1", "--precision", "fp32", "--workers", "0", "--seed", "3")
 
 
 @pytest.fixture(scope="module")
-def issue_run(tmp_path_factory, fashion_mnist_available) -> Path:
-    root = tmp_path_factory.mktemp("issue12")
-    train = write_fashion_mnist_dataset(root / "data", "train", 6000, seed=0, templates=ISSUE_TEMPLATES)
+def collapse_run(tmp_path_factory, fashion_mnist_available) -> Path:
+    root = tmp_path_factory.mktemp("collapse")
+    train = write_fashion_mnist_dataset(root / "data", "train", 6000, seed=0, templates=RECIPE_TEMPLATES)
     argv = ["--add-model-config", str(COLLAPSE_CONFIG), "--model", "vit32-collapse-cloob", "--device", "cpu",
-            "--train-data", str(train), "--dataset-type", "csv", *ISSUE_FLAGS, "--save-frequency", "0",
-            "--report-to", "tensorboard", "--logs", str(root / "runs"), "--name", "issue12"]
-    log = root / "issue12.stdout"
+            "--train-data", str(train), "--dataset-type", "csv", *RECIPE_FLAGS, "--save-frequency", "0",
+            "--report-to", "tensorboard", "--logs", str(root / "runs"), "--name", "collapse"]
+    log = root / "collapse.stdout"
     wait_ok([launch(argv, log)], [log])
-    return root / "runs" / "issue12"
+    return root / "runs" / "collapse"
 
 
 @pytest.mark.slow
-def test_the_collapsing_run_of_issue_12_warns(issue_run):
-    log = (issue_run / "out.log").read_text()
+def test_the_collapse_recipe_warns(collapse_run):
+    log = (collapse_run / "out.log").read_text()
     collapsed = collapsed_loss(128, 30.0)
-    last_step = [line for line in log.splitlines() if "Train Epoch: 4" in line][-1]
+    last_step = [line for line in log.splitlines() if "Train Epoch: 1" in line][-1]
     assert f"Cloob_loss: {collapsed:#.5g}" in last_step  # it did collapse: the loss sits there at the end
     warnings = [line for line in log.splitlines() if "COLLAPSE at step" in line]
     assert warnings and "Try a longer --warmup" in warnings[0]
-    flags = tensorboard_scalars(issue_run, COLLAPSE_TAG)
+    flags = tensorboard_scalars(collapse_run, COLLAPSE_TAG)
     assert flags[0][1] == 0.0 and flags[-1][1] == 1.0
-    entry, = [json.loads(line) for line in (issue_run / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    entry, = [json.loads(line) for line in (collapse_run / "checkpoints" / "results.jsonl").read_text().splitlines()]
     details = entry["collapse_warning"]
     assert details["collapsed_steps"] >= 30 and details["mean_cosine_images"] > 0.95
     assert details["attended_patterns_image_from_images"] > 0.9 * 128  # the retrieval attends to the whole batch

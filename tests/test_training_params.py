@@ -6,9 +6,8 @@ import pytest
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from open_clip_cloob import LOSS_VARIANTS, CloobLoss, cloob_loss, list_cloob_models
-from open_clip_cloob.registry import CLOOB_SUFFIX
-from training import params
+from open_clip_cloob import CloobLoss, cloob_loss
+from open_clip_cloob.settings import LOSS_VARIANTS
 from training.openclip_hooks import create_loss, create_model_and_transforms, validation_loss
 from training.params import cloob_settings, parse_args
 
@@ -28,13 +27,28 @@ def test_cloob_models_default_to_the_papers_cloob_settings():
     assert args.lr_scheduler == "cosine" and args.batch_size == 64  # OpenCLIP's own flags still parse
 
 
-def test_the_torch_free_parser_agrees_with_the_library():
-    # training.params must not import the library (torch): its two constants restate the library's.
-    assert params.CLOOB_MODEL_SUFFIX == CLOOB_SUFFIX
-    assert all(params.is_cloob_model(name) for name in list_cloob_models())
-    assert params.DEFAULT_HOPFIELD_BETA == inspect.signature(CloobLoss).parameters["hopfield_beta"].default
-    assert set(params.CLOOB_LOSSES) == set(LOSS_VARIANTS)  # build_cloob_loss looks them up there
-    assert set(params.HOPFIELD_LOSSES) == {name for name, kwargs in LOSS_VARIANTS.items() if kwargs["hopfield"]}
+@pytest.mark.parametrize("flag,value,message", [
+    ("--hopfield-beta", "inf", "value must be a finite number, got inf"),
+    ("--hopfield-beta", "nan", "value must be a finite number, got nan"),
+    ("--hopfield-beta", "-2", "value must be > 0, got -2.0"),
+    ("--hopfield-beta", "eight", "not a number: 'eight'"),
+    ("--hopfield-beta-from-spread", "inf", "value must be a finite number, got inf"),
+    ("--hopfield-beta-from-spread", "0", "value must be > 0, got 0.0"),
+    ("--init-inv-tau", "inf", "value must be a finite number, got inf"),
+    ("--init-inv-tau", "0.5", "value must lie in [1, 100] (OpenCLIP clamps the scale there), got 0.5"),
+    ("--init-inv-tau", "200", "value must lie in [1, 100] (OpenCLIP clamps the scale there), got 200.0"),
+    ("--restart-cycles", "0", "value must be at least 1, got 0"),
+    ("--restart-cycles", "2.5", "not an integer: '2.5'"),
+    ("--save-every-n-steps", "-1", "value must be at least 0, got -1"),
+    ("--max-nonfinite-steps", "0", "value must be at least 1, got 0"),
+    ("--max-bad-samples", "-5", "value must be at least 0, got -5"),
+])
+def test_every_numeric_flag_refuses_bad_values_naming_the_flag(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--model", "RN50-cloob", "--lr-scheduler", "cosine-restarts", flag, value)
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert f"error: argument {flag}" in last_line and last_line.endswith(f": {message}")  # e.g. --hopfield-beta/--scale-hopfield
 
 
 def test_other_models_keep_openclips_loss_and_learnable_temperature():

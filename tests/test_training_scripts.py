@@ -2,14 +2,13 @@
 (``DRY_RUN=1``), so they cannot rot; the data preparation scripts produce what OpenCLIP reads."""
 import os
 import re
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from offline_data import load_fashion_mnist, write_csv_dataset
+from cloob_tools.data import cc3m_tsv_to_csv, load_fashion_mnist, make_fashion_mnist_data, write_csv_dataset
 
 REPO = Path(__file__).parent.parent
 SCRIPTS = REPO / "scripts"
@@ -95,7 +94,7 @@ def test_tsv_to_csv_resolves_urls_and_paths_and_skips_missing_images(tmp_path, f
     tsv = tmp_path / "cc.tsv"
     tsv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "train.csv"
-    runpy.run_path(str(SCRIPTS / "cc3m_tsv_to_csv.py"), run_name="not_main")["main"](
+    cc3m_tsv_to_csv.main(
         [str(tsv), "--image-root", str(root), "--out", str(out)])
     lines = out.read_text().splitlines()
     assert lines == ["filepath\ttitle", f"{root / '000000.png'}\ta relative path",
@@ -103,6 +102,6 @@ def test_tsv_to_csv_resolves_urls_and_paths_and_skips_missing_images(tmp_path, f
 
 
 def test_fashion_mnist_script_writes_webdataset_shards(tmp_path, fashion_mnist_available):
-    runpy.run_path(str(SCRIPTS / "make_fashion_mnist_data.py"), run_name="not_main")["main"](
+    make_fashion_mnist_data.main(
         ["--out", str(tmp_path), "--format", "webdataset", "--num-samples", "30", "--samples-per-shard", "16"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["train-000000.tar", "train-000001.tar"]

@@ -3,7 +3,8 @@
 Importing this package registers the CLOOB model configs (``RN50-cloob``, ``ViT-B-16-cloob``, ...)
 and the authors' pretrained tags (``yfcc15m``) in OpenCLIP's factory, so
 ``open_clip.create_model('RN50-cloob', pretrained='yfcc15m')`` works afterwards; it has no other
-side effect. The library: the loss (:mod:`.loss`), configs (:mod:`.registry`), checkpoint files
+side effect. The library: the loss (:mod:`.loss`), its variants, defaults and valid values
+(:mod:`.settings`, torch-free), configs (:mod:`.registry`), checkpoint files
 (:mod:`.checkpoint`), conversion (:mod:`.convert`), export (:mod:`.export`), pretrained tags
 (:mod:`.pretrained`) and representation diagnostics (:mod:`.analysis`); :mod:`.benchmark` runs
 CLIP_benchmark with all of it registered (``[eval]`` extra).
@@ -13,7 +14,6 @@ from typing import Any, List
 
 from .checkpoint import CheckpointError, load_checkpoint_file
 from .loss import (
-    LOSS_VARIANTS,
     CloobLoss,
     cloob_loss,
     collapsed_loss,
@@ -27,6 +27,10 @@ from .loss import (
 )
 from .pretrained import register_pretrained_tags
 from .registry import add_model_configs, list_cloob_models, register_model_configs
+# Bound explicitly: training.params may have loaded the settings module first, without this package
+# (torch-free), and an import that finds a module already loaded does not make it a package attribute.
+from . import settings
+from .settings import LOSS_VARIANTS
 
 register_model_configs()
 register_pretrained_tags()
@@ -75,5 +79,6 @@ __all__ = [
     "memory_betas",
     "register_model_configs",
     "register_pretrained_tags",
+    "settings",
     "similarity_spread",
 ]

@@ -4,10 +4,15 @@ Layout. A training checkpoint of ``training.main`` is OpenCLIP's dict (``epoch``
 ``state_dict``, ``optimizer``, ``scaler``; the ``state_dict`` keys prefixed ``module.`` under DDP)
 plus CLOOB's own top-level entries:
 
-- ``"cloob"`` (:data:`META_KEY`): the run's CLOOB settings, JSON scalars only (``loss``,
-  ``hopfield_beta``, ``init_inv_tau``, ``learnable_inv_tau``, ``restart_cycles``). Converted and
-  exported files carry the same entry, completed with ``model``, ``inv_tau``, ``epoch``, ...: torch
-  files at the top level, ``.safetensors`` files as JSON in the header's metadata field ``cloob``;
+- ``"cloob"`` (:data:`META_KEY`): the run's CLOOB settings, JSON scalars only: the flags named by
+  ``training.params.CLOOB_SETTINGS`` (the loss, β, β from the spread, 1/τ and whether it is
+  learnable, the restart cycles), by their ``argparse`` names. Converted and exported files carry
+  the same entry, completed with ``model``, ``inv_tau``, ``epoch``, ...: torch files at the top
+  level, ``.safetensors`` files as JSON in the header's metadata field ``cloob``;
+- ``"cloob_settings_history"`` (:data:`HISTORY_KEY`): only in a run that was resumed with other
+  settings (``--allow-changed-settings``): the earlier settings, oldest first, each ``{"settings":
+  {...}, "until_epoch": E, "until_step": S, "checkpoint": path}``, used up to step S of epoch E
+  (0-based), where the run resumed from that checkpoint file with the settings that follow;
 - ``"cloob_loss_state"`` (:data:`LOSS_STATE_KEY`): the training loss module's ``state_dict()`` when
   it is not empty, restored into the loss on ``--resume``. A loss with state (e.g. a memory of past
   batches) keeps it in buffers and it survives preemption with the weights; today's losses have
@@ -40,10 +45,11 @@ import torch
 META_KEY = "cloob"
 LOSS_STATE_KEY = "cloob_loss_state"
 RESUME_KEY = "cloob_resume"
+HISTORY_KEY = "cloob_settings_history"
 OPENCLIP_KEYS = ("state_dict", "epoch", "name", "optimizer", "scaler")
 ORIGINAL_KEYS = ("model_config_file", "method", "scheduler")
 # Top-level entries a checkpoint may have; a reader refuses others rather than silently losing them.
-KNOWN_TOP_LEVEL_KEYS = OPENCLIP_KEYS + ORIGINAL_KEYS + (META_KEY, LOSS_STATE_KEY, RESUME_KEY)
+KNOWN_TOP_LEVEL_KEYS = OPENCLIP_KEYS + ORIGINAL_KEYS + (META_KEY, LOSS_STATE_KEY, RESUME_KEY, HISTORY_KEY)
 
 # Hidden and not *.pt, so that OpenCLIP's `--resume latest` glob never sees a file being written;
 # the process id keeps ranks that write the same file (a cached download) out of each other's way.

@@ -1,11 +1,11 @@
 """How the project's command-line tools start and end: console logging, one-line errors, missing extras.
 
 The tools: ``python -m open_clip_cloob.convert|export|analysis|benchmark`` (this package),
-``python -m training.main`` (training) and the scripts in ``scripts/``. Each ends on one line,
-``PROG: error: FILE: PROBLEM``, and exit status 1 when its input is unusable (a file that is not a
-checkpoint, a missing file, a value out of range) instead of a traceback; a traceback still means a
-bug. A tool whose optional dependencies are missing names the extra that installs them
-(:func:`require`).
+``python -m training.main`` (training) and ``python -m cloob_tools.<tool>`` (the tooling). Each
+ends on one line, ``PROG: error: FILE: PROBLEM``, and exit status 1 when its input is unusable (a
+file that is not a checkpoint, a missing file, a value out of range) instead of a traceback; a
+traceback still means a bug. A tool whose optional dependencies are missing names the extra that
+installs them (:func:`require`).
 """
 import importlib
 import logging

@@ -46,7 +46,8 @@ import torch
 from . import cli
 from .checkpoint import (KNOWN_TOP_LEVEL_KEYS, META_KEY, CheckpointError, cloob_metadata, is_json_scalar,
                          load_checkpoint_file, save_converted)
-from .registry import CLOOB_SUFFIX, add_model_configs, list_cloob_models
+from .registry import add_model_configs, list_cloob_models
+from .settings import CLOOB_MODEL_SUFFIX
 
 _logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _model_hint(model_config_file: Any) -> Optional[str]:
     """``RN50.json`` (the reference implementation's config name) -> ``RN50-cloob``."""
     if not isinstance(model_config_file, str):
         return None
-    return Path(model_config_file).stem + CLOOB_SUFFIX
+    return Path(model_config_file).stem + CLOOB_MODEL_SUFFIX
 
 
 def _match_architecture(state_dict: StateDict, source: str, model_name: Optional[str], hint: Optional[str]) -> str:

@@ -32,8 +32,7 @@ function that returns the two (anchors, candidates) pairs to score (``_retrieval
 import inspect
 import logging
 import math
-from types import MappingProxyType
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -41,18 +40,12 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from open_clip.loss import gather_features
 
-_logger = logging.getLogger(__name__)
+# The variants (settings.LOSS_VARIANTS: --loss name -> CloobLoss keywords), the objectives and the
+# defaults live in the torch-free settings module, with the checks of every number the loss takes.
+from .settings import (DEFAULT_HOPFIELD_BETA, LEAVES_OUT_POSITIVE, check_int_at_least, check_objective,
+                       check_optional_positive, check_positive)
 
-# Objective name -> whether its denominator leaves the positive out.
-_LEAVES_OUT_POSITIVE = {"infoloob": True, "infonce": False}
-OBJECTIVES = tuple(_LEAVES_OUT_POSITIVE)
-# The `--loss` names of the paper's grid that CloobLoss serves, with its keyword arguments. The fourth
-# corner, InfoNCE on the plain embeddings, is OpenCLIP's own ClipLoss (`--loss clip`).
-LOSS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "cloob": MappingProxyType({"objective": "infoloob", "hopfield": True}),
-    "cloob-infonce": MappingProxyType({"objective": "infonce", "hopfield": True}),
-    "infoloob": MappingProxyType({"objective": "infoloob", "hopfield": False}),
-})
+_logger = logging.getLogger(__name__)
 
 # Largest [rows, memory] block the chunked path materialises (64 MiB in float32). The automatic
 # choice uses the direct path while its biggest matrix stays within this budget.
@@ -157,6 +150,7 @@ def hopfield_retrieval(
     Returns:
         [n, d] retrieved patterns with unit rows.
     """
+    check_positive("beta", beta)
     if chunk_size is not None:
         _check_chunk_size(chunk_size)
         return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
@@ -177,6 +171,8 @@ def cross_hopfield_retrieval(
     Returns:
         [n, d] texts retrieved from image memory, [n, d] images retrieved from text memory.
     """
+    check_positive("beta", beta)
+    check_optional_positive("text_memory_beta", text_memory_beta)
     if text_memory_beta is None or text_memory_beta == beta:
         scores = beta * (text @ image.T)  # [n_text, n_image]
         text_from_images = torch.softmax(scores, dim=1) @ image
@@ -300,6 +296,7 @@ def info_loob(
     Returns:
         Scalar loss.
     """
+    _check_inv_tau(inv_tau)
     return _contrastive(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive=True)
 
 
@@ -318,6 +315,7 @@ def info_nce(
     the positives, one direction of OpenCLIP's ``ClipLoss``. It is ≥ 0 and saturates: its gradient
     vanishes as a positive's similarity dominates the row. Arguments and return as :func:`info_loob`.
     """
+    _check_inv_tau(inv_tau)
     return _contrastive(anchors, candidates, inv_tau, positive_offset, chunk_size, leave_out_positive=False)
 
 
@@ -408,6 +406,8 @@ def memory_betas(image_memory: torch.Tensor, text_memory: torch.Tensor, hopfield
     every retrieval is the batch mean and the loss has almost no gradient. Costs O(N·d²) and one
     host synchronisation per call (β must be a number for the chunked path).
     """
+    check_positive("hopfield_beta", hopfield_beta)
+    check_optional_positive("beta_from_spread", beta_from_spread)
     if beta_from_spread is None:
         return hopfield_beta, hopfield_beta
     spreads = torch.stack([similarity_spread(image_memory), similarity_spread(text_memory)])
@@ -446,7 +446,7 @@ def _loss(
         batch = _Batch(*((image, text) if local else (image_memory, text_memory)), image_memory, text_memory)
         betas = memory_betas(image_memory, text_memory, hopfield_beta, beta_from_spread) if hopfield else None
         pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(batch, betas, chunk_size, gather if local else None)
-        leave_out_positive = _LEAVES_OUT_POSITIVE[objective]
+        leave_out_positive = LEAVES_OUT_POSITIVE[objective]
         (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
         if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
             # ℓ(A, B) + ℓ(B, A) on the whole batch: one [N, N] product serves both directions.
@@ -457,24 +457,16 @@ def _loss(
         return loss / inv_tau
 
 
-def _check_beta(hopfield_beta: float) -> None:
-    if not hopfield_beta > 0:
-        raise ValueError(f"hopfield_beta must be > 0, got {hopfield_beta}")
-
-
-def _check_beta_from_spread(beta_from_spread: Optional[float]) -> None:
-    if beta_from_spread is not None and not beta_from_spread > 0:
-        raise ValueError(f"beta_from_spread must be None or > 0, got {beta_from_spread}")
-
-
-def _check_objective(objective: str) -> None:
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
-
-
 def _check_chunk_size(chunk_size: int) -> None:
-    if not chunk_size >= 1:
-        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
+
+
+def _check_inv_tau(inv_tau: Union[torch.Tensor, float]) -> None:
+    """A Python number must be a finite 1/τ > 0; a tensor (the model's, on the device) is not read:
+    that would synchronise with the device on every step."""
+    if not isinstance(inv_tau, torch.Tensor):
+        check_positive("inv_tau", inv_tau)
 
 
 def _check_features(image_features: torch.Tensor, text_features: torch.Tensor, world_size: int) -> None:
@@ -492,7 +484,7 @@ def cloob_loss(
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         inv_tau: Union[torch.Tensor, float],
-        hopfield_beta: float = 8.0,
+        hopfield_beta: float = DEFAULT_HOPFIELD_BETA,
         objective: str = "infoloob",
         hopfield: bool = True,
         chunk_size: Optional[int] = None,
@@ -520,9 +512,10 @@ def cloob_loss(
     Returns:
         Scalar loss in float32 (or in the inputs' dtype when wider), also under autocast.
     """
-    _check_beta(hopfield_beta)
-    _check_beta_from_spread(beta_from_spread)
-    _check_objective(objective)
+    check_positive("hopfield_beta", hopfield_beta)
+    check_optional_positive("beta_from_spread", beta_from_spread)
+    check_objective(objective)
+    _check_inv_tau(inv_tau)
     _check_features(image_features, text_features, world_size=1)
     return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size,
                  beta_from_spread=beta_from_spread)
@@ -543,8 +536,8 @@ class CloobLoss(nn.Module):
     """CLOOB loss, or an ablation of it, with the constructor and ``forward`` signature of OpenCLIP's
     ``ClipLoss``.
 
-    ``objective`` and ``hopfield`` pick the corner of the paper's grid (``LOSS_VARIANTS`` maps the
-    ``--loss`` names to them); every variant runs in every mode and on both paths below.
+    ``objective`` and ``hopfield`` pick the corner of the paper's grid (``settings.LOSS_VARIANTS``
+    maps the ``--loss`` names to them); every variant runs in every mode and on both paths below.
 
     Under data parallelism every rank's features are gathered first (OpenCLIP's
     ``gather_features``) and the Hopfield memory is the global batch, so the loss value is the
@@ -580,7 +573,7 @@ class CloobLoss(nn.Module):
 
     def __init__(
             self,
-            hopfield_beta: float = 8.0,
+            hopfield_beta: float = DEFAULT_HOPFIELD_BETA,
             local_loss: bool = False,
             gather_with_grad: bool = False,
             cache_labels: bool = False,
@@ -593,9 +586,12 @@ class CloobLoss(nn.Module):
             beta_from_spread: Optional[float] = None,
     ):
         super().__init__()
-        _check_beta(hopfield_beta)
-        _check_objective(objective)
-        _check_beta_from_spread(beta_from_spread)
+        check_positive("hopfield_beta", hopfield_beta)
+        check_objective(objective)
+        check_optional_positive("beta_from_spread", beta_from_spread)
+        check_int_at_least("world_size", world_size, 1)
+        if not 0 <= check_int_at_least("rank", rank, 0) < world_size:
+            raise ValueError(f"rank must be below world_size {world_size}, got {rank}")
         self.hopfield_beta = float(hopfield_beta)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
@@ -730,8 +726,8 @@ def hopfield_diagnostics(
         the retrievals from each memory (``hopfield_beta``, or K / σ with ``beta_from_spread``).
         β·σ ≪ 1 means nearly uniform attention: every retrieval is close to the batch mean.
     """
-    _check_beta(hopfield_beta)
-    _check_beta_from_spread(beta_from_spread)
+    check_positive("hopfield_beta", hopfield_beta)
+    check_optional_positive("beta_from_spread", beta_from_spread)
     _check_features(image_features, text_features, world_size=1)
     dtype = torch.promote_types(image_features.dtype, torch.float32)
     with torch.autocast(device_type=image_features.device.type, enabled=False):
@@ -767,8 +763,8 @@ def collapsed_loss(batch_size: int, inv_tau: float, objective: str = "infoloob")
         inv_tau: inverse temperature 1/τ.
         objective: ``"infoloob"`` or ``"infonce"``.
     """
-    _check_objective(objective)
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be at least 2, got {batch_size}")
-    denominator_terms = batch_size - 1 if _LEAVES_OUT_POSITIVE[objective] else batch_size
+    check_objective(objective)
+    check_int_at_least("batch_size", batch_size, 2)
+    check_positive("inv_tau", inv_tau)
+    denominator_terms = batch_size - 1 if LEAVES_OUT_POSITIVE[objective] else batch_size
     return 2 * math.log(denominator_terms) / inv_tau

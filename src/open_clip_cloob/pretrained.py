@@ -38,7 +38,7 @@ MIRROR_ENV = "OPEN_CLIP_CLOOB_MIRROR"
 DEFAULT_CACHE_DIR = "~/.cache/clip"  # where OpenCLIP caches URL downloads
 CONVERTED_SUFFIX = ".open_clip.safetensors"
 
-# (model, tag) -> file name under CLOOB_DOWNLOAD_ROOT. Trained on YFCC-15M, epoch 28 (spec §5).
+# (model, tag) -> file name under CLOOB_DOWNLOAD_ROOT. The authors' released checkpoints, trained on YFCC-15M for 28 epochs.
 RELEASED_CHECKPOINTS: Dict[Tuple[str, str], str] = {
     ("RN50-cloob", "yfcc15m"): "cloob_rn50_yfcc_epoch_28.pt",
     ("RN50x4-cloob", "yfcc15m"): "cloob_rn50x4_yfcc_epoch_28.pt",

@@ -12,15 +12,16 @@ from typing import Iterable, List, Union
 
 import open_clip
 
+from .settings import CLOOB_MODEL_SUFFIX
+
 _logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-CLOOB_SUFFIX = "-cloob"
 
 
 def list_cloob_models() -> List[str]:
     """Names of the CLOOB architectures this package ships, e.g. ``["RN101-cloob", "RN50-cloob", ...]``."""
-    return sorted(path.stem for path in MODEL_CONFIG_DIR.glob(f"*{CLOOB_SUFFIX}.json"))
+    return sorted(path.stem for path in MODEL_CONFIG_DIR.glob(f"*{CLOOB_MODEL_SUFFIX}.json"))
 
 
 def register_model_configs() -> List[str]:

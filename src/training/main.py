@@ -28,7 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run training for ``argv``; returns the process exit status.
 
     0: done; 75 (:data:`~training.reliability.PREEMPTED_EXIT_CODE`): stopped by SIGUSR1/SIGTERM after
-    saving a checkpoint, to be requeued with ``--resume latest``; 1: failed.
+    saving a checkpoint, to be requeued with ``--resume latest``; 1: failed (also when a distributed
+    run lost a rank: the message names the ranks and hosts that stopped answering).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -36,19 +37,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     openclip_main = cli.require("open_clip_train.main", extra="train", purpose=f"{PROG} runs OpenCLIP's training")
     from training.data_checks import BadDataError
     from training.openclip_hooks import install_hooks
-    from training.reliability import PREEMPTED_EXIT_CODE, NumericFaultError, Preempted
+    from training.reliability import PREEMPTED_EXIT_CODE, ChangedSettingsError, NumericFaultError, Preempted
 
     add_model_configs(args.add_model_config)
-    install_hooks(args)
+    run = install_hooks(args)
     try:
         status = openclip_main.main(argv)
     except Preempted as stop:
         logging.warning("Preempted: %s", stop)
         return PREEMPTED_EXIT_CODE
-    except (BadDataError, NumericFaultError, CheckpointError, OSError) as error:
+    except (BadDataError, NumericFaultError, CheckpointError, ChangedSettingsError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         return 1
+    except RuntimeError as error:
+        # A failed collective operation (a peer's connection reset, or --dist-timeout ran out) names
+        # the ranks that stopped answering; any other error, or one with every rank alive, goes on.
+        lost = run.lost_peers()
+        if lost is None:
+            raise
+        logging.error("Lost %s: %s: %s. The checkpoints written so far are kept: resubmit or requeue the job "
+                      "to continue with --resume latest", lost, type(error).__name__, str(error).splitlines()[0])
+        return 1
     finally:
+        run.close()
         quiet_torch_exit_reports(args.debug)
     # OpenCLIP's main returns None on success and -1 when it refuses to run (e.g. the experiment
     # folder exists); job scripts need that as a failing exit status.

@@ -18,7 +18,7 @@ loop is not touched:
   the loss leaves the collapsed value (logged too: some runs escape after tens of steps).
 
 A normal step therefore costs a handful of scalar kernels; a logging step O(N²·d) more
-(``scripts/bench_train.py --monitor-overhead`` measures both).
+(``python -m cloob_tools.bench_train --monitor-overhead`` measures both).
 """
 import argparse
 import inspect
@@ -29,7 +29,8 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from open_clip_cloob import LOSS_VARIANTS, CloobLoss, collapsed_loss
+from open_clip_cloob import CloobLoss, collapsed_loss
+from open_clip_cloob.settings import LOSS_VARIANTS
 
 # Consecutive steps after warmup at the collapsed value before the warning: long enough that a
 # healthy run passing by it early (an untrained model sits near it) does not trigger it.

@@ -17,7 +17,8 @@ hooks are its methods. State outside the :class:`Run` exists only where OpenCLIP
 - the hooked names themselves: ``main()`` and its helpers look them up in their modules' globals at
   call time, so the hooks are bound methods of the run stored there (per process);
 - ``torch.save`` and ``torch.nn.parallel.DistributedDataParallel``: ``main()`` reaches them through
-  the ``torch`` module, so they are replaced process-wide;
+  the ``torch`` module, so they are replaced process-wide; ``torch.distributed.init_process_group``
+  too, but only while OpenCLIP's ``init_distributed_device`` runs;
 - OpenCLIP's originals, captured at import (``_openclip_*``), so that installing twice never wraps
   a hook;
 - while OpenCLIP builds one webdataset pipeline, three names of ``open_clip_train.data`` point at
@@ -60,10 +61,17 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``open_clip_train.train.zero_shot_eval``: an evaluation begins; the counts of the evaluation
   datasets restart, and ``broken_train_samples`` (the last epoch, all ranks) and
   ``broken_imagenet-val_samples`` join the metrics ``evaluate()`` logs and writes to ``results.jsonl``.
+- ``init_distributed_device``: OpenCLIP's, with ``torch.distributed.init_process_group`` given
+  ``--dist-timeout`` while it runs (OpenCLIP passes no timeout); then every rank of a distributed run
+  starts its heartbeat in the process group's store (:class:`training.reliability.PeerWatch`), so
+  that after a failed collective operation ``training.main`` names the ranks that were lost.
 - ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint` (weights_only loading);
-  reads the mid-epoch position of a step checkpoint and the loss state.
+  compares the CLOOB settings a training checkpoint records with the command line's and stops on a
+  difference unless ``--allow-changed-settings`` (:func:`training.reliability.resumed_settings_history`);
+  reads the mid-epoch position of a step checkpoint, the loss state and the settings history.
 - ``torch.save``: adds CLOOB's entries to OpenCLIP's training checkpoints (the settings as
-  ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss_state"]``; layout in
+  ``checkpoint["cloob"]``, the loss state as ``checkpoint["cloob_loss_state"]``, earlier settings as
+  ``checkpoint["cloob_settings_history"]``; layout in
   :mod:`open_clip_cloob.checkpoint`) and writes through :func:`training.reliability.atomic_save`, so
   the checkpoints OpenCLIP writes at epoch ends are never seen truncated and supersede the step
   checkpoints of earlier epochs.
@@ -79,11 +87,12 @@ import argparse
 import builtins
 import contextlib
 import dataclasses
+import datetime
 import logging
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import open_clip_train.data as openclip_data
 import open_clip_train.main as openclip_main
@@ -92,15 +101,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from open_clip_cloob import LOSS_VARIANTS, CloobLoss
-from open_clip_cloob.checkpoint import LOSS_STATE_KEY, META_KEY
+from open_clip_cloob import CloobLoss
+from open_clip_cloob.checkpoint import HISTORY_KEY, LOSS_STATE_KEY, META_KEY
+from open_clip_cloob.settings import LOSS_VARIANTS
 from training import params
 from training.monitor import HopfieldMonitor
 from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
-    ContinuedDraw, EpochSession, NonFiniteGuard, PreemptionSignal, ResumeState, StepLoader, atomic_save,
-    load_checkpoint, resampling_seed, sum_over_ranks)
+    ContinuedDraw, EpochSession, NonFiniteGuard, PeerWatch, PreemptionSignal, ResumeState, StepLoader, atomic_save,
+    load_checkpoint, resumed_settings_history, resampling_seed, sum_over_ranks)
 from training.scheduler import cosine_restarts_lr
 
 
@@ -146,6 +156,10 @@ HOOKS: Tuple[Hook, ...] = (
     Hook("open_clip_train.train", "zero_shot_eval", "open_clip_train.train.evaluate",
          ("model", "data", "epoch", "args", "tokenizer")),
     Hook("open_clip_train.main", "pt_load", "open_clip_train.main.main", ("file_path", "map_location")),
+    Hook("open_clip_train.main", "init_distributed_device", "open_clip_train.main.main", ("args",)),
+    # Replaced only while OpenCLIP's init_distributed_device runs (_process_group_timeout).
+    Hook("torch.distributed", "init_process_group", "open_clip_train.distributed.init_distributed_device_so",
+         ("backend", "init_method", "timeout", "world_size", "rank")),
     Hook("torch", "save", "open_clip_train.main.main", ("obj", "f")),
 )
 
@@ -160,6 +174,8 @@ CALLED: Dict[str, Tuple[str, ...]] = {
     "open_clip_train.data.expand_urls": ("urls", "weights"),
     # Its instance is the first stage of a resampled pipeline; worker_seed() + epoch seeds its draws.
     "open_clip_train.data.ResampledShards2": ("urls", "weights", "nshards", "worker_seed", "deterministic", "epoch"),
+    # The store of the default process group, where training.reliability.PeerWatch keeps its heartbeats.
+    "torch.distributed.distributed_c10d._get_default_store": (),
 }
 
 # The originals, captured at import so that installing twice never wraps a replacement.
@@ -171,6 +187,8 @@ _openclip_get_wds_dataset = openclip_data.get_wds_dataset
 _openclip_tarfile_to_samples_nothrow = openclip_data.tarfile_to_samples_nothrow
 _openclip_get_data = openclip_main.get_data
 _openclip_zero_shot_eval = openclip_train.zero_shot_eval
+_openclip_init_distributed_device = openclip_main.init_distributed_device
+_torch_init_process_group = torch.distributed.init_process_group
 
 # The keys of the checkpoint dict OpenCLIP's main() saves for training (epoch ends, epoch_latest.pt).
 _OPENCLIP_TRAINING_CHECKPOINT = frozenset(("epoch", "state_dict", "optimizer"))
@@ -274,6 +292,24 @@ def _webdataset_checks(check: WebdatasetSampleCheck) -> Iterator[None]:
             setattr(openclip_data, name, original)
 
 
+@contextlib.contextmanager
+def _process_group_timeout(seconds: Optional[float]) -> Iterator[None]:
+    """While OpenCLIP initialises the process group, ``init_process_group`` gets ``timeout=seconds``.
+
+    OpenCLIP's ``init_distributed_device`` passes no timeout (torch's default then applies: 30 min
+    for gloo, 10 min for NCCL); ``None`` leaves it so.
+    """
+    if seconds is None:
+        yield
+        return
+    torch.distributed.init_process_group = partial(_torch_init_process_group,
+                                                   timeout=datetime.timedelta(seconds=seconds))
+    try:
+        yield
+    finally:
+        torch.distributed.init_process_group = _torch_init_process_group
+
+
 def get_wds_dataset(args: argparse.Namespace, preprocess_img: Callable, is_train: bool, epoch: int = 0,
                     floor: bool = False, tokenizer: Optional[Callable] = None) -> Any:
     """OpenCLIP's webdataset pipeline with checked shards, counted broken samples and a seeded resampler."""
@@ -324,7 +360,10 @@ class Run:
         self.loss: Optional[torch.nn.Module] = None
         self.monitor: Optional[HopfieldMonitor] = None
         self._loss_state: Optional[Dict[str, Any]] = None  # of a resumed checkpoint, until the loss exists
+        # The settings this run's weights were trained with before the current ones (HISTORY_KEY).
+        self.settings_history: List[Dict[str, Any]] = []
         self._guarded: Optional[torch.optim.Optimizer] = None
+        self.peers: Optional[PeerWatch] = None  # a distributed run's heartbeats (not with Horovod)
 
     def install(self) -> None:
         """Replace OpenCLIP's names in this process by this run's hooks; install the preemption handlers."""
@@ -335,6 +374,7 @@ class Run:
         openclip_main.train_one_epoch = self.train_one_epoch
         openclip_main.pt_load = self.pt_load
         openclip_main.get_data = self.get_data
+        openclip_main.init_distributed_device = self.init_distributed_device
         openclip_train.enumerate = enumerate_batches
         openclip_train.zero_shot_eval = self.zero_shot_eval
         openclip_train.get_clip_metrics = self.get_clip_metrics
@@ -348,6 +388,24 @@ class Run:
     def parse_args(self, args: Any = None) -> argparse.Namespace:
         """OpenCLIP's ``parse_args``: the run configuration, parsed once by ``training.main``."""
         return self.args
+
+    def init_distributed_device(self, args: argparse.Namespace) -> torch.device:
+        """OpenCLIP's ``init_distributed_device`` with ``--dist-timeout``; a distributed run's ranks start
+        their heartbeats (:class:`~training.reliability.PeerWatch`)."""
+        with _process_group_timeout(args.dist_timeout):
+            device = _openclip_init_distributed_device(args)
+        if args.distributed and not args.horovod:
+            self.peers = PeerWatch.of_process_group(args.rank, args.world_size)
+        return device
+
+    def close(self) -> None:
+        """The run ends in this process: stop its heartbeats."""
+        if self.peers is not None:
+            self.peers.stop()
+
+    def lost_peers(self) -> Optional[str]:
+        """After a failed collective operation: the ranks that stopped answering (``None``: none, or not distributed)."""
+        return self.peers.describe_lost() if self.peers is not None else None
 
     def create_model_and_transforms(self, *args: Any, **kwargs: Any) -> Tuple[torch.nn.Module, Callable, Callable]:
         """OpenCLIP's model factory with ``--init-inv-tau`` and ``--learnable-inv-tau``."""
@@ -370,11 +428,14 @@ class Run:
         return cosine_restarts_lr(optimizer, base_lr, warmup_length, steps, cycles=self.args.restart_cycles)
 
     def checkpoint_entries(self) -> Dict[str, Any]:
-        """CLOOB's entries of this run's checkpoints: the settings and, when it has any, the loss state."""
+        """CLOOB's entries of this run's checkpoints: the settings and, when it has any, the loss state
+        and the settings history."""
         entries: Dict[str, Any] = {META_KEY: params.cloob_settings(self.args)}
         loss_state = self.loss.state_dict() if self.loss is not None else {}
         if loss_state:
             entries[LOSS_STATE_KEY] = loss_state
+        if self.settings_history:
+            entries[HISTORY_KEY] = self.settings_history
         return entries
 
     def save(self, obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
@@ -384,8 +445,12 @@ class Run:
         atomic_save(obj, f, *args, **kwargs)
 
     def pt_load(self, file_path: str, map_location: Any = None) -> Dict[str, Any]:
-        """OpenCLIP's ``pt_load`` (``--resume``), weights_only; keeps the mid-epoch position and loss state."""
+        """OpenCLIP's ``pt_load`` (``--resume``), weights_only; holds a training checkpoint to its CLOOB
+        settings, keeps its mid-epoch position, loss state and settings history."""
         checkpoint = load_checkpoint(file_path, map_location)
+        if isinstance(checkpoint, dict) and "epoch" in checkpoint:  # OpenCLIP's test for a training checkpoint
+            self.settings_history = resumed_settings_history(
+                checkpoint, file_path, params.cloob_settings(self.args), self.args.allow_changed_settings)
         self.resume.read(checkpoint)
         self._loss_state = checkpoint.get(LOSS_STATE_KEY) if isinstance(checkpoint, dict) else None
         return checkpoint

@@ -8,63 +8,84 @@ dumps every attribute) records the CLOOB settings too. The CLOOB flags are parse
 depend on other flags are resolved here, once, and written back, so that ``params.txt`` shows the
 values the run used.
 
-The training losses are :data:`LOSSES`: offering another variant of the library's ``CloobLoss``
-(``open_clip_cloob.LOSS_VARIANTS``) for training is one name there. This module does not import
-torch, so ``python -m training.params ARGS`` (the job scripts' ``DRY_RUN=1``) checks a command line
-anywhere, quickly.
+The training losses are the library's (:mod:`open_clip_cloob.settings`: its ``LOSS_VARIANTS`` and
+OpenCLIP's ``clip``), and so are the defaults and the valid range of every number; a bad value is a
+one-line error naming the flag. This module does not import torch, so ``python -m training.params
+ARGS`` (the job scripts' ``DRY_RUN=1``) checks a command line anywhere, quickly.
 """
 import argparse
+import importlib.util
 import logging
+import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from open_clip_train.params import parse_args as openclip_parse_args
 
-# The --loss choices. A CLOOB-family name is a variant of the library's loss: CloobLoss gets
-# open_clip_cloob.LOSS_VARIANTS[name] as keywords (training.openclip_hooks.build_cloob_loss; this
-# module does not import torch, so it names them only); it brings CLOOB's temperature defaults
-# (fixed 1/τ = 30) and the validation loss "<name>_val_loss". Offering another library variant for
-# training is one name here; the first is the default of '*-cloob' models. OPENCLIP_LOSS is
-# OpenCLIP's own create_loss (InfoNCE, SigLIP, CoCa or distillation, as its other flags say).
-CLOOB_LOSSES = ("cloob", "cloob-infonce", "infoloob")
-# The CLOOB-family losses that score Hopfield retrievals (the others have no β).
-HOPFIELD_LOSSES = ("cloob", "cloob-infonce")
-OPENCLIP_LOSS = "clip"
-LOSSES = CLOOB_LOSSES + (OPENCLIP_LOSS,)
-CLOOB_MODEL_SUFFIX = "-cloob"
+
+def _library_settings() -> ModuleType:
+    """:mod:`open_clip_cloob.settings` without running ``open_clip_cloob/__init__.py``, which imports
+    torch (it registers the model configs). Registered under its own name, so the package finds this
+    module object when it is imported later, and both see one set of facts."""
+    name = "open_clip_cloob.settings"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("open_clip_cloob")
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(package.submodule_search_locations[0], "settings.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+settings = _library_settings()
 COSINE_RESTARTS = "cosine-restarts"
-# The paper's Conceptual Captions constants (spec §3).
-DEFAULT_INV_TAU = 30.0
-DEFAULT_HOPFIELD_BETA = 8.0
-# OpenCLIP clamps logit_scale = ln(inv_tau) to [0, ln 100] after every step.
-INV_TAU_RANGE = (1.0, 100.0)
-# The flags that define the objective, stored in checkpoints next to the weights (their "cloob" entry).
+# The flags that define the objective and the schedule, stored in checkpoints next to the weights
+# (their "cloob" entry) and compared with the command line on --resume.
 CLOOB_SETTINGS = ("loss", "hopfield_beta", "hopfield_beta_from_spread", "init_inv_tau", "learnable_inv_tau",
                   "restart_cycles")
+
+
+def _checked(parse: Callable[[str], Any], check: Callable[..., Any], *bounds: Any) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse`` the text (``int`` or ``float``), then ``check("value", parsed,
+    *bounds)``, a check of :mod:`open_clip_cloob.settings`; argparse names the flag in the error."""
+    def parse_flag(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {'an integer' if parse is int else 'a number'}: {text!r}") from None
+        try:
+            return check("value", value, *bounds)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse_flag
 
 
 def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add CLOOB's flags (hyphenated, OpenCLIP style) to ``parser``."""
     group = parser.add_argument_group("CLOOB")
     group.add_argument(
-        "--loss", choices=LOSSES, default=None,
+        "--loss", choices=settings.LOSSES, default=None,
         help="Training loss, a corner of the paper's ablation grid. 'cloob': modern Hopfield retrieval + "
              "InfoLOOB. 'cloob-infonce': the Hopfield retrievals scored with InfoNCE. 'infoloob': InfoLOOB "
              "on the plain embeddings. 'clip': whatever OpenCLIP picks for the other flags (InfoNCE, "
              "SigLIP, CoCa, distillation). The first three share CLOOB's scale τ·[ℓ + ℓ] and its fixed "
              "1/τ = 30 by default. "
-             f"Default: {CLOOB_LOSSES[0]} for '*{CLOOB_MODEL_SUFFIX}' models, {OPENCLIP_LOSS} otherwise.")
+             f"Default: {settings.CLOOB_LOSSES[0]} for '*{settings.CLOOB_MODEL_SUFFIX}' models, "
+             f"{settings.OPENCLIP_LOSS} otherwise.")
     group.add_argument(
-        "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta", type=float,
-        default=DEFAULT_HOPFIELD_BETA,
-        help=f"Inverse temperature β of the Hopfield retrieval (default {DEFAULT_HOPFIELD_BETA:g}, the "
+        "--hopfield-beta", "--scale-hopfield", dest="hopfield_beta",
+        type=_checked(float, settings.check_positive), default=settings.DEFAULT_HOPFIELD_BETA,
+        help=f"Inverse temperature β > 0 of the Hopfield retrieval (default {settings.DEFAULT_HOPFIELD_BETA:g}, the "
              "paper's CC3M value). --scale-hopfield is the original code's name.")
     group.add_argument(
-        "--hopfield-beta-from-spread", type=float, default=None, metavar="K",
+        "--hopfield-beta-from-spread", type=_checked(float, settings.check_positive), default=None, metavar="K",
         help="Opt-in remedy, not the paper's method: every step, each memory's β = K / σ, σ the spread "
              "(standard deviation) of the batch's pairwise similarities in that memory, replacing "
              "--hopfield-beta; keeps the retrieval from turning into the batch mean when the embeddings "
-             f"are nearly collinear (docs/study/). Only with --loss {' or '.join(HOPFIELD_LOSSES)}.")
+             f"are nearly collinear (docs/study/). Only with --loss {' or '.join(settings.HOPFIELD_LOSSES)}.")
     group.add_argument(
         "--hopfield-monitor", action=argparse.BooleanOptionalAction, default=True,
         help="With a CLOOB-family loss: log the Hopfield diagnostics of the batch on logging steps "
@@ -72,9 +93,10 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "warn when the loss sits at its collapsed value (train/collapse_warning, results.jsonl). "
              "Default: on.")
     group.add_argument(
-        "--init-inv-tau", type=float, default=None,
-        help=f"Initial inverse temperature 1/τ of a freshly initialised model; replaces the config's "
-             f"init_logit_scale (ln of it). Default: {DEFAULT_INV_TAU:g} with a CLOOB loss, the model "
+        "--init-inv-tau", type=_checked(float, settings.check_inv_tau), default=None,
+        help=f"Initial inverse temperature 1/τ in [{settings.INV_TAU_RANGE[0]:g}, {settings.INV_TAU_RANGE[1]:g}] "
+             f"of a freshly initialised model; replaces the config's init_logit_scale (ln of it). "
+             f"Default: {settings.DEFAULT_INV_TAU:g} with a CLOOB loss, the model "
              "config's value otherwise. Pretrained or resumed weights keep their own temperature.")
     group.add_argument(
         "--learnable-inv-tau", action=argparse.BooleanOptionalAction, default=None,
@@ -82,7 +104,7 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "(the paper's setting; DDP and the optimizer then leave it alone), learnable otherwise "
              "(OpenCLIP's behaviour).")
     group.add_argument(
-        "--restart-cycles", type=int, default=1,
+        "--restart-cycles", type=_checked(int, settings.check_int_at_least, 1), default=1,
         help=f"Number of cosine cycles after warmup for --lr-scheduler {COSINE_RESTARTS} (the paper's "
              "CC3M recipe: 10). 1 is OpenCLIP's cosine schedule.")
     group.add_argument(
@@ -96,23 +118,38 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     """Add the flags of :mod:`training.reliability` (preemption, step checkpoints, numeric faults)."""
     group = parser.add_argument_group("Reliability")
     group.add_argument(
-        "--save-every-n-steps", type=int, default=0, metavar="N",
+        "--allow-changed-settings", action="store_true",
+        help="With --resume: continue even if the checkpoint was trained with other CLOOB settings (loss, "
+             "β, β from the spread, 1/τ and whether it is learnable, restart cycles; "
+             "checkpoint['cloob']). Without it such a resume stops before the first step, naming each "
+             "difference. The change is logged and the old settings are kept in the checkpoints' "
+             "settings history.")
+    group.add_argument(
+        "--save-every-n-steps", type=_checked(int, settings.check_int_at_least, 0), default=0, metavar="N",
         help="Also write a checkpoint every N optimizer steps (counted over the whole run), inside "
              "epochs: epoch_latest.pt with --save-most-recent, otherwise epoch_E_step_S.pt (older "
              "step checkpoints are deleted, and so is this one once epoch_N.pt, N > E, is written). "
              "--resume latest continues from it at that step. 0: off. "
              "A SIGUSR1 or SIGTERM always writes one and exits with status 75.")
     group.add_argument(
-        "--max-nonfinite-steps", type=int, default=20, metavar="N",
+        "--max-nonfinite-steps", type=_checked(int, settings.check_int_at_least, 1), default=20, metavar="N",
         help="Optimizer steps with a non-finite loss or gradient are skipped (weights and optimizer "
              "state untouched); N of them in a row save a checkpoint and stop the run (default 20).")
     group.add_argument(
-        "--max-bad-samples", type=int, default=1000, metavar="N",
+        "--max-bad-samples", type=_checked(int, settings.check_int_at_least, 0), default=1000, metavar="N",
         help="Broken samples (missing, truncated or corrupt image, empty or non-UTF-8 caption; in "
              "webdataset shards also a sample without image or caption, an unreadable shard) are "
              "skipped, counted (log, results.jsonl) and the first few logged; more than N in one pass "
              "over a dataset (a training epoch of one rank, or one evaluation) stop the run "
              "(default 1000).")
+    group.add_argument(
+        "--dist-timeout", type=_checked(float, settings.check_positive), default=None, metavar="SECONDS",
+        help="Timeout of the distributed process group (init_process_group's timeout): a rendezvous or "
+             "collective operation that waits longer for another rank fails, and every surviving rank "
+             "stops with status 1 and a message naming the ranks (and nodes) that stopped responding; "
+             "the last checkpoint is kept, a resubmitted or requeued job resumes from it. Set it above "
+             "the longest time one rank works alone (the logging rank's evaluation and checkpoint "
+             "writing). Default: torch's (30 min for gloo, 10 min for NCCL). docs/clusters.md.")
     return parser
 
 
@@ -127,12 +164,12 @@ def _cloob_parser() -> argparse.ArgumentParser:
 
 def is_cloob_model(model_name: str) -> bool:
     """Whether ``model_name`` names a CLOOB architecture (``RN50-cloob``, ...)."""
-    return model_name.endswith(CLOOB_MODEL_SUFFIX)
+    return model_name.endswith(settings.CLOOB_MODEL_SUFFIX)
 
 
 def uses_cloob_loss(args: argparse.Namespace) -> bool:
-    """Whether the run trains with the library's ``CloobLoss`` (a name of :data:`CLOOB_LOSSES`)."""
-    return args.loss in CLOOB_LOSSES
+    """Whether the run trains with the library's ``CloobLoss`` (a variant of ``settings.LOSS_VARIANTS``)."""
+    return args.loss in settings.LOSS_VARIANTS
 
 
 def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
@@ -143,7 +180,7 @@ def cloob_settings(args: argparse.Namespace) -> Dict[str, Any]:
 def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill the flag-dependent defaults in place and reject contradictory combinations."""
     if args.loss is None:
-        args.loss = CLOOB_LOSSES[0] if is_cloob_model(args.model) else OPENCLIP_LOSS
+        args.loss = settings.CLOOB_LOSSES[0] if is_cloob_model(args.model) else settings.OPENCLIP_LOSS
     cloob = uses_cloob_loss(args)
     if cloob:
         # These switch OpenCLIP's create_loss to another objective; silently ignoring them would
@@ -156,28 +193,12 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         if conflicts:
             parser.error(f"--loss {args.loss} cannot be combined with {', '.join(conflicts)}")
         if args.init_inv_tau is None:
-            args.init_inv_tau = DEFAULT_INV_TAU
+            args.init_inv_tau = settings.DEFAULT_INV_TAU
     if args.learnable_inv_tau is None:
         args.learnable_inv_tau = not cloob
-    low, high = INV_TAU_RANGE
-    if args.init_inv_tau is not None and not low <= args.init_inv_tau <= high:
-        parser.error(f"--init-inv-tau must lie in [{low:g}, {high:g}] (OpenCLIP clamps the scale there)")
-    if not args.hopfield_beta > 0:
-        parser.error("--hopfield-beta must be > 0")
-    if args.hopfield_beta_from_spread is not None:
-        if not args.hopfield_beta_from_spread > 0:
-            parser.error("--hopfield-beta-from-spread must be > 0")
-        if args.loss not in HOPFIELD_LOSSES:
-            parser.error(f"--hopfield-beta-from-spread needs a loss with a Hopfield step "
-                         f"({', '.join(HOPFIELD_LOSSES)}), not --loss {args.loss}")
-    if args.restart_cycles < 1:
-        parser.error("--restart-cycles must be at least 1")
-    if args.save_every_n_steps < 0:
-        parser.error("--save-every-n-steps must be >= 0")
-    if args.max_bad_samples < 0:
-        parser.error("--max-bad-samples must be >= 0")
-    if args.max_nonfinite_steps < 1:
-        parser.error("--max-nonfinite-steps must be at least 1")
+    if args.hopfield_beta_from_spread is not None and args.loss not in settings.HOPFIELD_LOSSES:
+        parser.error(f"--hopfield-beta-from-spread needs a loss with a Hopfield step "
+                     f"({', '.join(settings.HOPFIELD_LOSSES)}), not --loss {args.loss}")
     if args.restart_cycles != 1 and args.lr_scheduler != COSINE_RESTARTS:
         parser.error(f"--restart-cycles needs --lr-scheduler {COSINE_RESTARTS}")
     if args.lr_scheduler == COSINE_RESTARTS:

@@ -9,13 +9,17 @@
 - :func:`load_checkpoint` is OpenCLIP's ``pt_load`` with :func:`open_clip_cloob.checkpoint.load_torch`
   (``weights_only=True``: a pickle that would run code is refused with
   :class:`~open_clip_cloob.checkpoint.CheckpointError`); :class:`ResumeState` picks up the
-  mid-epoch position of a step checkpoint.
+  mid-epoch position of a step checkpoint, and :func:`resumed_settings_history` holds a resumed run
+  to the CLOOB settings its checkpoint records (``--allow-changed-settings`` to change them).
 - :class:`StepLoader` wraps the training dataloader of one epoch. A batch is only requested once the
   previous optimizer step is complete (backward, step, ``logit_scale`` clamp, logging), so the
   request is the step boundary where :class:`EpochSession` checks numeric faults, writes the
   ``--save-every-n-steps`` checkpoint and acts on a preemption signal. On resume it skips the steps
   already done without loading their images.
 - :class:`NonFiniteGuard` skips an optimizer step whose loss or gradient is not finite.
+- :class:`PeerWatch` keeps a heartbeat of every rank of a distributed run, so that the survivors of a
+  failed collective operation (a lost node: ``--dist-timeout`` bounds their wait) name the ranks and
+  hosts that stopped answering.
 
 A step checkpoint is OpenCLIP's checkpoint dict (``epoch`` = completed epochs, ``state_dict``,
 ``optimizer``, ``scaler``) plus the run's CLOOB entries and :data:`RESUME_KEY` = ``{"step": steps
@@ -30,15 +34,18 @@ import os
 import random
 import re
 import signal
+import socket
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import fsspec
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler
 
-from open_clip_cloob.checkpoint import PARTIAL_GLOB, RESUME_KEY, load_torch, save_torch
+from open_clip_cloob.checkpoint import HISTORY_KEY, PARTIAL_GLOB, RESUME_KEY, cloob_metadata, load_torch, save_torch
 
 LATEST_CHECKPOINT_NAME = "epoch_latest.pt"  # OpenCLIP's name for --save-most-recent
 # Natural sort (OpenCLIP's --resume latest) puts epoch_E_step_S.pt after epoch_E.pt, before epoch_E+1.pt.
@@ -49,6 +56,12 @@ EPOCH_CHECKPOINT_PATTERN = re.compile(r"epoch_(\d+)\.pt")  # OpenCLIP's checkpoi
 # sysexits.h EX_TEMPFAIL: "try again later"; job scripts requeue on it.
 PREEMPTED_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# Seconds between two heartbeats of a rank of a distributed run (PeerWatch).
+HEARTBEAT_S = 2.0
+
+
+class ChangedSettingsError(ValueError):
+    """``--resume`` of a checkpoint trained with other CLOOB settings, without ``--allow-changed-settings``."""
 
 
 class Preempted(Exception):
@@ -133,6 +146,47 @@ class ResumeState:
         return point if point is not None and point.epoch == epoch else None
 
 
+def changed_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> List[Tuple[str, Any, Any]]:
+    """``(name, recorded value, current value)`` of each setting in ``current`` that ``recorded`` has
+    with another value; a setting ``recorded`` lacks (an earlier version did not record it) is not one."""
+    return [(name, recorded[name], value) for name, value in current.items()
+            if name in recorded and recorded[name] != value]
+
+
+def resumed_settings_history(checkpoint: Mapping[str, Any], source: str, current: Mapping[str, Any],
+                             allow_changes: bool) -> List[Dict[str, Any]]:
+    """Check the CLOOB settings ``current`` of a run resuming ``checkpoint`` (read from ``source``)
+    against the ones it records; returns the run's settings history (:data:`HISTORY_KEY`).
+
+    Equal settings continue the checkpoint's history. Changed ones raise
+    :class:`ChangedSettingsError` naming each setting with both values, unless ``allow_changes``:
+    then they are logged, and the recorded settings join the history, up to the resume position.
+    A checkpoint recording no settings (OpenCLIP's own) cannot be checked; that is logged.
+    """
+    recorded = cloob_metadata(checkpoint, source)
+    history = list(checkpoint.get(HISTORY_KEY) or [])
+    if not recorded:
+        logging.warning("%s records no CLOOB settings: the command line's are not checked against it", source)
+        return history
+    unrecorded = [name for name in current if name not in recorded]
+    if unrecorded:
+        logging.info("%s does not record %s (written by an earlier version): not compared", source,
+                     ", ".join(unrecorded))
+    changes = changed_settings(recorded, current)
+    if not changes:
+        return history
+    described = "; ".join(f"{name} {old!r} in the checkpoint, {new!r} now" for name, old, new in changes)
+    if not allow_changes:
+        raise ChangedSettingsError(
+            f"{source} was trained with other CLOOB settings than this command line's: {described}. Resume "
+            "with the checkpoint's values, or add --allow-changed-settings to continue with the new ones "
+            "(the checkpoints then keep the old ones in their settings history)")
+    logging.warning("Resuming %s with changed CLOOB settings (--allow-changed-settings): %s", source, described)
+    position = checkpoint.get(RESUME_KEY) or {}
+    return history + [{"settings": dict(recorded), "until_epoch": int(checkpoint["epoch"]),
+                       "until_step": int(position.get("step", 0)), "checkpoint": source}]
+
+
 def rng_state() -> Dict[str, Any]:
     """Every random state data augmentation may draw from, as plain lists and numbers.
 
@@ -186,6 +240,71 @@ def any_rank(flag: Union[bool, torch.Tensor]) -> bool:
 def sum_over_ranks(value: int) -> int:
     """The sum of ``value`` over all ranks; every rank must call this at the same point."""
     return _all_reduce_int(value, torch.distributed.ReduceOp.SUM)
+
+
+class PeerWatch:
+    """Which ranks of a distributed run still answer: a heartbeat of every rank in the rendezvous store.
+
+    Each rank records its host name and, from a daemon thread, counts a heartbeat every ``interval``
+    seconds under its rank in ``store`` (for training, the default process group's store: the TCP
+    store of the rendezvous, on rank 0's node). When a collective operation fails, because a peer's
+    connection was reset or the process group's timeout (``--dist-timeout``) ran out, a surviving
+    rank calls :meth:`describe_lost`: the ranks whose count stood still for two intervals, with their
+    hosts; a store that does not answer within its timeout (the process group's) means that rank 0,
+    which serves it, is lost. The store is not the process group's transport, so this works for gloo
+    and NCCL alike; each user gets a connection of its own (``Store.clone``).
+    """
+
+    def __init__(self, store: Any, rank: int, world_size: int, interval: float = HEARTBEAT_S) -> None:
+        self.store, self.rank, self.world_size, self.interval = store, rank, world_size, interval
+        store.set(f"host/{rank}", socket.gethostname())
+        store.add(f"beat/{rank}", 1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(store.clone(),), name="peer-heartbeat", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def of_process_group(cls, rank: int, world_size: int) -> "PeerWatch":
+        """The watch of the default process group's ranks, in its store (``cloob_peers/`` keys)."""
+        store = torch.distributed.distributed_c10d._get_default_store()
+        return cls(torch.distributed.PrefixStore("cloob_peers", store), rank, world_size)
+
+    def _beat(self, store: Any) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                store.add(f"beat/{self.rank}", 1)
+            except RuntimeError:  # the store is gone (rank 0 ended or is lost): describe_lost says so
+                return
+
+    def stop(self) -> None:
+        """End the heartbeat (a stopped rank looks lost to the others) before the process exits.
+
+        Waits up to one interval more for the thread: one still inside a call into the store when
+        the interpreter exits would abort the process ("terminate called without an active
+        exception", status 134).
+        """
+        self._stop.set()
+        self._thread.join(timeout=2 * self.interval)
+
+    def describe_lost(self) -> Optional[str]:
+        """The ranks that stopped answering, with their hosts; ``None`` when every rank still beats.
+
+        Takes two heartbeat intervals (and up to the store's timeout when the store does not answer).
+        """
+        try:
+            store = self.store.clone()
+            before = [store.add(f"beat/{rank}", 0) for rank in range(self.world_size)]
+            time.sleep(2 * self.interval + 0.5)
+            after = [store.add(f"beat/{rank}", 0) for rank in range(self.world_size)]
+            lost = [rank for rank in range(self.world_size) if after[rank] == before[rank] and rank != self.rank]
+            hosts = {rank: store.get(f"host/{rank}").decode() if store.check([f"host/{rank}"]) else "?"
+                     for rank in lost}
+        except RuntimeError as error:  # DistStoreError and the transport's errors
+            return (f"rank 0 (it serves the rendezvous store, which does not answer: {type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''})")
+        if not lost:
+            return None
+        return ", ".join(f"rank {rank} (host {hosts[rank]})" for rank in lost)
 
 
 class PreemptionSignal:
