@@ -247,11 +247,15 @@ def test_loss_variants_name_the_grid_corners():
         "cloob": {"objective": "infoloob", "hopfield": True},
         "cloob-infonce": {"objective": "infonce", "hopfield": True},
         "infoloob": {"objective": "infoloob", "hopfield": False},
+        "infonce": {"objective": "infonce", "hopfield": False},
     }
     x, y = unit_rows(6, 4, seed=3), unit_rows(6, 4, seed=4)
     assert CloobLoss(**LOSS_VARIANTS["cloob"])(x, y, 30.0) == CloobLoss()(x, y, 30.0)  # the defaults are CLOOB
     values = {name: CloobLoss(**kwargs)(x, y, 30.0).item() for name, kwargs in LOSS_VARIANTS.items()}
-    assert len(set(values.values())) == 3, values
+    assert len(set(values.values())) == 4, values
+    # The fourth corner is OpenCLIP's ClipLoss on CLOOB's scale: 2τ · ClipLoss.
+    clip = ClipLoss()(x.float(), y.float(), torch.tensor(30.0)).item()
+    assert values["infonce"] == pytest.approx(2 * clip / 30.0, rel=1e-5)
 
 
 @pytest.mark.parametrize("n,d,inv_tau", [(2, 3, 1.0), (8, 16, 30.0), (13, 5, 100.0)])

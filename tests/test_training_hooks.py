@@ -3,6 +3,7 @@ import builtins
 import datetime
 import importlib
 import inspect
+import random
 import signal
 
 import pytest
@@ -14,7 +15,7 @@ from training.openclip_hooks import CALLED, HOOKS, install_hooks
 from training.params import parse_args
 from training.reliability import PREEMPTION_SIGNALS
 
-# The names replaced only while OpenCLIP builds a webdataset pipeline (openclip_hooks._webdataset_checks).
+# The names replaced only while OpenCLIP builds a webdataset pipeline (openclip_hooks._while_building_webdataset).
 WHILE_BUILDING_WEBDATASET = {hook.name for hook in HOOKS if hook.caller == "open_clip_train.data.get_wds_dataset"}
 # The names replaced only while OpenCLIP initialises the process group (openclip_hooks._process_group_timeout).
 WHILE_INITIALISING = {hook.name for hook in HOOKS
@@ -99,10 +100,14 @@ def test_install_hooks_replaces_exactly_the_listed_names(hooked_modules):
 
 def test_webdataset_checks_replace_the_listed_names_while_building_only(hooked_modules):
     modules, before = hooked_modules
-    with openclip_hooks._webdataset_checks(WebdatasetSampleCheck(BadSampleCounter(0))):
-        assert _rebound(modules, before) == {("open_clip_train.data", name) for name in WHILE_BUILDING_WEBDATASET}
+    with openclip_hooks._while_building_webdataset(WebdatasetSampleCheck(BadSampleCounter(0)), shuffle_seed=7):
+        assert _rebound(modules, before) == {(hook.module, hook.name) for hook in HOOKS
+                                             if hook.name in WHILE_BUILDING_WEBDATASET}
+        shuffle = modules["webdataset"].shuffle
     assert _rebound(modules, before) == set()
-    assert len(WHILE_BUILDING_WEBDATASET) == 3
+    assert len(WHILE_BUILDING_WEBDATASET) == 4
+    # The sample shuffle draws from a generator of that seed, not from the clock.
+    assert shuffle.keywords["rng"].random() == random.Random(7).random()
 
 
 def test_openclip_works_on_the_one_run_configuration(hooked_modules):

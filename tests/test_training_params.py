@@ -78,7 +78,7 @@ def test_cosine_restarts_runs_through_openclips_cosine_branch():
     ("--model", "RN50-cloob", "--lr-scheduler", "cosine", "--restart-cycles", "3"),
     ("--model", "RN50-cloob", "--restart-cycles", "3"),  # OpenCLIP's default scheduler is cosine
     ("--model", "RN50-cloob", "--restart-cycles", "0"),
-    ("--model", "RN50-cloob", "--loss", "infonce"),
+    ("--model", "RN50-cloob", "--loss", "nce"),
     ("--model", "RN50-cloob", "--no-such-openclip-flag"),
     ("--model", "RN50-cloob", "--hopfield", "3"),  # no abbreviations of CLOOB flags
     ("--model", "RN50-cloob", "--hopfield-beta-from-spread", "0"),

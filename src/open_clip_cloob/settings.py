@@ -9,9 +9,10 @@ training parser's dry run (``python -m training.params ...``) loads it without t
 torch to register the model configs).
 
 The paper's ablation grid crosses two objectives with and without the Hopfield retrieval.
-:data:`LOSS_VARIANTS` maps the ``--loss`` names that :class:`open_clip_cloob.CloobLoss` serves to
-its keyword arguments; the fourth corner, InfoNCE on the plain embeddings, is OpenCLIP's own
-``ClipLoss`` (:data:`OPENCLIP_LOSS`).
+:data:`LOSS_VARIANTS` maps the ``--loss`` names of its four corners, all served by
+:class:`open_clip_cloob.CloobLoss` on CLOOB's scale, to its keyword arguments. InfoNCE on the plain
+embeddings is also OpenCLIP's own ``ClipLoss`` (:data:`OPENCLIP_LOSS`), on its own scale (no τ, the
+two directions averaged) and with its learnable temperature.
 """
 import math
 import numbers
@@ -29,6 +30,7 @@ LOSS_VARIANTS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "cloob": MappingProxyType({"objective": "infoloob", "hopfield": True}),
     "cloob-infonce": MappingProxyType({"objective": "infonce", "hopfield": True}),
     "infoloob": MappingProxyType({"objective": "infoloob", "hopfield": False}),
+    "infonce": MappingProxyType({"objective": "infonce", "hopfield": False}),
 })
 CLOOB_LOSSES: Tuple[str, ...] = tuple(LOSS_VARIANTS)
 # The variants that score Hopfield retrievals: the only ones where β matters.

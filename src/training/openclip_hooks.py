@@ -53,9 +53,12 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
   OpenCLIP builds the pipeline, its sample filter ``filter_no_caption_or_no_image``, its exception
   handler ``log_and_continue`` and the handler of its training tar reader
   ``tarfile_to_samples_nothrow`` are those of a :class:`training.data_checks.WebdatasetSampleCheck`
-  (broken samples skipped, counted, limited); the originals are put back once it is built. A
-  resampled training pipeline's shard sampler (``ResampledShards2``, the pipeline's first stage)
-  gets :func:`training.reliability.resampling_seed` as its ``worker_seed``.
+  (broken samples skipped, counted, limited), and a training pipeline's sample shuffle
+  (``webdataset.shuffle``, which seeds itself from the clock and the process id) gets a random
+  generator seeded by :func:`training.reliability.sample_shuffle_seed`, so that ``--seed`` fixes the
+  batch order; the originals are put back once it is built. A resampled training pipeline's shard
+  sampler (``ResampledShards2``, the pipeline's first stage) gets
+  :func:`training.reliability.resampling_seed` as its ``worker_seed``.
 - ``open_clip_train.main.get_data``: records each dataset's broken-sample counter and wraps the
   zero-shot image folders in :class:`training.data_checks.SkipUnreadableImages`.
 - ``open_clip_train.train.zero_shot_eval``: an evaluation begins; the counts of the evaluation
@@ -90,6 +93,7 @@ import dataclasses
 import datetime
 import logging
 import math
+import random
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -98,6 +102,7 @@ import open_clip_train.data as openclip_data
 import open_clip_train.main as openclip_main
 import open_clip_train.train as openclip_train
 import torch
+import webdataset
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -110,7 +115,7 @@ from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
     ContinuedDraw, EpochSession, NonFiniteGuard, PeerWatch, PreemptionSignal, ResumeState, StepLoader, atomic_save,
-    load_checkpoint, resumed_settings_history, resampling_seed, sum_over_ranks)
+    load_checkpoint, resumed_settings_history, resampling_seed, sample_shuffle_seed, sum_over_ranks)
 from training.scheduler import cosine_restarts_lr
 
 
@@ -149,6 +154,7 @@ HOOKS: Tuple[Hook, ...] = (
     Hook("open_clip_train.data", "filter_no_caption_or_no_image", "open_clip_train.data.get_wds_dataset",
          ("sample",)),
     Hook("open_clip_train.data", "log_and_continue", "open_clip_train.data.get_wds_dataset", ("exn",)),
+    Hook("webdataset", "shuffle", "open_clip_train.data.get_wds_dataset", ("bufsize", "initial", "rng")),
     Hook("open_clip_train.data", "tarfile_to_samples_nothrow", "open_clip_train.data.get_wds_dataset",
          ("src", "handler")),
     Hook("open_clip_train.main", "get_data", "open_clip_train.main.main",
@@ -185,6 +191,7 @@ _openclip_train_one_epoch = openclip_main.train_one_epoch
 _openclip_get_clip_metrics = openclip_train.get_clip_metrics
 _openclip_get_wds_dataset = openclip_data.get_wds_dataset
 _openclip_tarfile_to_samples_nothrow = openclip_data.tarfile_to_samples_nothrow
+_webdataset_shuffle = webdataset.shuffle
 _openclip_get_data = openclip_main.get_data
 _openclip_zero_shot_eval = openclip_train.zero_shot_eval
 _openclip_init_distributed_device = openclip_main.init_distributed_device
@@ -275,21 +282,24 @@ def enumerate_batches(iterable: Iterable[Any], start: int = 0) -> Iterator[Tuple
 
 
 @contextlib.contextmanager
-def _webdataset_checks(check: WebdatasetSampleCheck) -> Iterator[None]:
-    """While OpenCLIP builds one webdataset pipeline, its sample filter and handlers are ``check``'s."""
+def _while_building_webdataset(check: WebdatasetSampleCheck, shuffle_seed: int) -> Iterator[None]:
+    """While OpenCLIP builds one webdataset pipeline, its sample filter and handlers are ``check``'s and
+    its sample shuffle draws from a generator seeded with ``shuffle_seed``."""
     replacements = {
-        "filter_no_caption_or_no_image": check.select,
-        "log_and_continue": check.handle,
-        "tarfile_to_samples_nothrow": partial(_openclip_tarfile_to_samples_nothrow, handler=check.handle),
+        (openclip_data, "filter_no_caption_or_no_image"): check.select,
+        (openclip_data, "log_and_continue"): check.handle,
+        (openclip_data, "tarfile_to_samples_nothrow"): partial(_openclip_tarfile_to_samples_nothrow,
+                                                                handler=check.handle),
+        (webdataset, "shuffle"): partial(_webdataset_shuffle, rng=random.Random(shuffle_seed)),
     }
-    originals = {name: getattr(openclip_data, name) for name in replacements}
-    for name, replacement in replacements.items():
-        setattr(openclip_data, name, replacement)
+    originals = {(module, name): getattr(module, name) for module, name in replacements}
+    for (module, name), replacement in replacements.items():
+        setattr(module, name, replacement)
     try:
         yield
     finally:
-        for name, original in originals.items():
-            setattr(openclip_data, name, original)
+        for (module, name), original in originals.items():
+            setattr(module, name, original)
 
 
 @contextlib.contextmanager
@@ -312,10 +322,11 @@ def _process_group_timeout(seconds: Optional[float]) -> Iterator[None]:
 
 def get_wds_dataset(args: argparse.Namespace, preprocess_img: Callable, is_train: bool, epoch: int = 0,
                     floor: bool = False, tokenizer: Optional[Callable] = None) -> Any:
-    """OpenCLIP's webdataset pipeline with checked shards, counted broken samples and a seeded resampler."""
+    """OpenCLIP's webdataset pipeline with checked shards, counted broken samples, a seeded sample
+    shuffle and a seeded resampler."""
     check_shards(args.train_data if is_train else args.val_data)
     check = WebdatasetSampleCheck(BadSampleCounter(args.max_bad_samples))
-    with _webdataset_checks(check):
+    with _while_building_webdataset(check, sample_shuffle_seed(args.seed, args.rank)):
         info = _openclip_get_wds_dataset(
             args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
     info.dataloader.bad_samples = check.bad_samples

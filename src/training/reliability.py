@@ -439,6 +439,13 @@ def resampling_seed(seed: int, rank: int) -> int:
     return ((seed << 24 | rank) << 16 | worker_id) << _DRAW_WORKER_SHIFT
 
 
+def sample_shuffle_seed(seed: int, rank: int) -> int:
+    """Seed of the sample shuffle of ``rank``'s webdataset training pipeline (a function of ``--seed``
+    and the rank only; webdataset's own seeds itself from the clock and the process id, so that the
+    batch order of a run could not be repeated)."""
+    return seed << 16 | rank
+
+
 @dataclass
 class ContinuedDraw:
     """The shared epoch of a resampled webdataset resumed after ``steps_done`` steps of an epoch.
