@@ -183,3 +183,19 @@ def test_bad_input_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"symbols: install the Debian packages fonts-symbola and "
                                                 r"unicode-data \(`make data`\)"):
         make_corpus.check_packages()
+
+
+def test_a_manifest_written_from_any_working_directory_loads_from_any_other(tmp_path, monkeypatch):
+    from cloob_tools.data.manifest import load_manifest, write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs") / "data"  # relative to the working directory, as on a command line
+    (out / "benchmark" / "names" / "test").mkdir(parents=True)
+    write_manifest(out, {"train_data": str(out / "train" / "train-{000000..000001}.tar"),
+                         "benchmark": {"names": {"root": str(out / "benchmark" / "names"), "task": "zeroshot_retrieval"}},
+                         "analysis_data": str(out / "analysis" / "analysis-000000.tar")})
+    monkeypatch.chdir(tmp_path / "runs")  # the study reads it from elsewhere
+    manifest = load_manifest(Path("data") / "manifest.json")
+    assert manifest["train_data"] == str(tmp_path / "runs" / "data" / "train" / "train-{000000..000001}.tar")
+    assert manifest["benchmark"]["names"]["root"] == str(tmp_path / "runs" / "data" / "benchmark" / "names")
+    assert manifest["analysis_data"] == str(tmp_path / "runs" / "data" / "analysis" / "analysis-000000.tar")

@@ -249,3 +249,37 @@ def test_study_width_variant_changes_only_the_embedding_width():
         images = model.encode_image(torch.zeros(2, 3, 32, 32))
         texts = model.encode_text(torch.zeros(2, 24, dtype=torch.long))
     assert images.shape == texts.shape == (2, 256)
+
+
+def test_paired_difference_is_the_mean_of_the_seed_differences_with_its_t_interval():
+    from cloob_tools.study.report import decision, paired_difference
+
+    # d = 1, 1.5, 2 (seed 3 only in one cell): mean 1.5, sd 0.5, t(0.975, 2) = 4.3027.
+    difference = paired_difference({0: 1.0, 1: 2.0, 2: 3.0, 3: 9.0}, {0: 0.0, 1: 0.5, 2: 1.0})
+    half = 4.302652729911275 * 0.5 / 3 ** 0.5
+    assert difference == pytest.approx({"mean": 1.5, "low": 1.5 - half, "high": 1.5 + half, "n": 3})
+    assert decision("cloob", "clip", difference) == "cloob beats clip"
+    assert decision("clip", "cloob", paired_difference({0: 0.0, 1: 0.5, 2: 1.0}, {0: 1.0, 1: 2.0, 2: 3.0})) == \
+        "cloob beats clip"
+    assert decision("a", "b", paired_difference({0: 1.0, 1: -1.0}, {0: 0.0, 1: 0.0})) == "no difference shown"
+    assert paired_difference({0: 1.0}, {0: 0.0}) is None and decision("a", "b", None).startswith("n/a")
+
+
+def test_the_report_decides_the_planned_comparisons_on_the_retrieval_score():
+    from cloob_tools.study.report import paired_table
+
+    sets = {"names": {"task": "zeroshot_retrieval"}, "groups": {"task": "zeroshot_classification"}}
+
+    def run(loss, beta, seed, recall):
+        metrics = {"names": {"text_retrieval_recall@1": recall, "image_retrieval_recall@1": recall},
+                   "groups": {"acc1": 0.5}}
+        return {"settings": {"loss": loss, "hopfield_beta": beta, "seed": seed, "steps": 100},
+                "zeroshot": [{"metrics": metrics}], "analysis": {"effective_rank_image": 5.0 + seed}}
+
+    configs = [[run("clip", None, seed, 0.20 + 0.01 * seed) for seed in range(3)],
+               [run("cloob", 8.0, seed, 0.10 + 0.02 * seed) for seed in range(3)],
+               [run("cloob", 16.0, seed, 0.90) for seed in range(3)]]  # another β: not the plan's cloob
+    table = paired_table(configs, sets)
+    # M: cloob − clip = −10, −9, −8 points; the effective rank is the same in both.
+    assert "| cloob − clip | 100 | -9.00 [-11.48, -6.52] (n=3) | +0.00 [+0.00, +0.00] (n=3) | clip beats cloob |" in table
+    assert table.count("\n") == 3  # header, alignment, the one comparison present

@@ -31,8 +31,21 @@ def set_entry(root: Path, task: str, num_samples: int) -> Dict[str, Any]:
 
 
 def write_manifest(out: Path, manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """Write ``manifest`` as ``out/manifest.json`` (what a builder made); returns it."""
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    """Write ``manifest`` (what a builder made under ``out``) as ``out/manifest.json``; returns it.
+
+    The file holds its paths relative to ``out``, as :func:`load_manifest` reads them: whatever the
+    working directory the builder ran in, and wherever the folder is moved.
+    """
+    folder = os.path.abspath(out)
+
+    def relative(spec: str) -> str:
+        return os.path.relpath(os.path.abspath(spec), folder)
+
+    written = {**manifest, "train_data": relative(manifest["train_data"]),
+               "benchmark": {name: {**spec, "root": relative(spec["root"])} for name, spec in manifest["benchmark"].items()}}
+    if manifest.get("analysis_data"):
+        written["analysis_data"] = relative(manifest["analysis_data"])
+    (out / MANIFEST_NAME).write_text(json.dumps(written, indent=2) + "\n")
     return manifest
 
 

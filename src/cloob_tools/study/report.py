@@ -1,14 +1,17 @@
 """The study's report: ``results.json`` and ``report.md`` with tables and plots, one section per data set,
 from every finished run in the study folder."""
 import json
+import math
 import shlex
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from scipy import stats
 
 from open_clip_cloob import analysis
-from open_clip_cloob.settings import CLOOB_LOSSES, OPENCLIP_LOSS
+from open_clip_cloob.settings import CLOOB_LOSSES, DEFAULT_HOPFIELD_BETA, OPENCLIP_LOSS
 
 from ..plots import pyplot
 from ..reports import markdown_table
@@ -25,6 +28,84 @@ DIAGNOSTICS = ("attended_patterns_image_from_images", "attended_patterns_text_fr
                "attended_patterns_image_from_texts", "attended_patterns_text_from_texts",
                "mean_cosine_images", "mean_cosine_texts", "positive_minus_negative",
                "spread_images", "spread_texts", "beta_images", "beta_texts")
+
+
+# The comparisons of docs/study/corpus-plan.md, by --loss: A − B, paired by seed, between
+# configurations that differ in the loss only (β the paper's where the loss has one).
+PLANNED_COMPARISONS: Tuple[Tuple[str, str], ...] = (
+    ("cloob", "clip"), ("cloob", "infoloob"), ("cloob-infonce", "infonce"), ("infoloob", "infonce"),
+    ("cloob", "cloob-infonce"), ("infonce", "clip"))
+CONFIDENCE = 0.95
+
+
+def retrieval_score(result: Mapping[str, Any], sets: Mapping[str, Mapping[str, Any]]) -> float:
+    """The plan's primary metric M of one run, in %: the mean over the retrieval sets of
+    ½ (image→text R@1 + text→image R@1) at the run's last eval point."""
+    metrics = result["zeroshot"][-1]["metrics"]
+    names = [name for name, spec in sets.items() if spec["task"] == "zeroshot_retrieval"]
+    return 100 * statistics.mean(
+        (metrics[name]["text_retrieval_recall@1"] + metrics[name]["image_retrieval_recall@1"]) / 2 for name in names)
+
+
+def paired_difference(first: Mapping[int, float], second: Mapping[int, float],
+                      confidence: float = CONFIDENCE) -> Optional[Dict[str, float]]:
+    """The mean of d_s = first[s] − second[s] over the seeds s both have, and its t-interval:
+    d̄ ± t_{(1+confidence)/2, n−1} · sd(d) / √n. ``None`` for fewer than 2 common seeds."""
+    differences = [first[seed] - second[seed] for seed in sorted(first.keys() & second.keys())]
+    if len(differences) < 2:
+        return None
+    mean = statistics.mean(differences)
+    half_width = float(stats.t.ppf((1 + confidence) / 2, len(differences) - 1) * statistics.stdev(differences)
+                       / math.sqrt(len(differences)))
+    return {"mean": mean, "low": mean - half_width, "high": mean + half_width, "n": len(differences)}
+
+
+def decision(first: str, second: str, difference: Optional[Mapping[str, float]]) -> str:
+    """The plan's rule: the first beats the second when the interval lies above 0, the second the first
+    when it lies below, otherwise no difference is shown."""
+    if difference is None:
+        return "n/a (fewer than 2 paired seeds)"
+    if difference["low"] > 0:
+        return f"{first} beats {second}"
+    if difference["high"] < 0:
+        return f"{second} beats {first}"
+    return "no difference shown"
+
+
+def _comparable(configs: Sequence[Sequence[Mapping[str, Any]]], loss: str) -> Dict[str, Sequence[Mapping[str, Any]]]:
+    """The configurations of ``loss`` (β the paper's or none), by their settings but the loss, β and seed."""
+    found = {}
+    for group in configs:
+        settings = group[0]["settings"]
+        if settings["loss"] == loss and settings["hopfield_beta"] in (None, DEFAULT_HOPFIELD_BETA):
+            found[config_key({**settings, "loss": None, "hopfield_beta": None})] = group
+    return found
+
+
+def paired_table(configs: Sequence[Sequence[Mapping[str, Any]]], sets: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: every planned comparison present in the study, its paired difference in M and in the
+    images' effective rank with their intervals, and the decision on M."""
+    rows = []
+    for first, second in PLANNED_COMPARISONS:
+        seconds = _comparable(configs, second)
+        for key, first_group in _comparable(configs, first).items():
+            if key not in seconds:
+                continue
+            second_group = seconds[key]
+            cells = []
+            for score in (lambda r: retrieval_score(r, sets),
+                          lambda r: r["analysis"]["effective_rank_image"] if r["analysis"] else None):
+                by_seed = [{r["settings"]["seed"]: score(r) for r in group if score(r) is not None}
+                           for group in (first_group, second_group)]
+                cells.append(paired_difference(*by_seed))
+            interval = ["n/a" if d is None else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
+                        for d in cells]
+            rows.append([f"{first} − {second}", first_group[0]["settings"]["steps"], *interval,
+                         decision(first, second, cells[0])])
+    if not rows:
+        return "n/a: the study has no two configurations that differ in the loss only.\n"
+    header = ["A − B", "steps", f"M: mean [{CONFIDENCE:.0%} interval]", "effective rank, images", "decision on M"]
+    return markdown_table(header, rows, "lrrrl") + "\n"
 
 
 def fmt_cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -135,6 +216,14 @@ Mean ± sample standard deviation over seeds; n = runs in the cell.
 
 {final_table(configs, labels, metrics)}
 ![final values]({plots['final']})
+
+### Paired differences (the rule of docs/study/corpus-plan.md)
+
+M is the mean over the retrieval sets of ½ (image→text R@1 + text→image R@1), in %, at the last eval
+point; per seed d = A − B; the interval is d̄ ± t · sd(d)/√n. A beats B when the interval on M lies
+above 0, B beats A when below.
+
+{paired_table(configs, sets)}
 {sweep}
 ### Learning curves (training loss; line = mean over seeds, band = min–max)
 
