@@ -209,7 +209,7 @@ def test_train_slurm_sbatch_on_two_nodes_runs_one_process_group_with_ranks_from_
     output = cluster.job_output(fields, sys.maxsize)
     for rank in range(WORLD_SIZE):
         assert output.count(_processes_line(rank, WORLD_SIZE, TASKS_PER_NODE)) == 1, output[-4000:]
-    assert f"Train Epoch: 0 [512/512 (100%)]" in read_text(job.run / "out.log")
+    assert "Train Epoch: 0 [512/512 (100%)]" in read_text(job.run / "out.log")
 
 
 def test_cloob_loss_across_nodes_is_the_loss_of_one_process_on_the_global_batch(cluster, jobs):

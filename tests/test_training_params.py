@@ -1,5 +1,4 @@
 """training.main's command line and the hook functions, in process (no training loop)."""
-import inspect
 import math
 
 import pytest
