@@ -28,6 +28,7 @@ OpenCLIP's own resume ignores the extra keys and restarts that epoch. Every file
 atomically (:func:`open_clip_cloob.checkpoint.save_torch`).
 """
 import argparse
+import atexit
 import glob
 import logging
 import os
@@ -262,6 +263,8 @@ class PeerWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(store.clone(),), name="peer-heartbeat", daemon=True)
         self._thread.start()
+        # Whoever started it, the heartbeat ends before the interpreter does (see stop()).
+        atexit.register(self.stop)
 
     @classmethod
     def of_process_group(cls, rank: int, world_size: int) -> "PeerWatch":
@@ -279,9 +282,9 @@ class PeerWatch:
     def stop(self) -> None:
         """End the heartbeat (a stopped rank looks lost to the others) before the process exits.
 
-        Waits up to one interval more for the thread: one still inside a call into the store when
-        the interpreter exits would abort the process ("terminate called without an active
-        exception", status 134).
+        Waits up to two intervals for the thread: one still inside a call into the store when the
+        interpreter exits aborts the process ("terminate called without an active exception",
+        status 134). Also registered to run at exit, so no caller can forget it.
         """
         self._stop.set()
         self._thread.join(timeout=2 * self.interval)
