@@ -201,8 +201,9 @@ def test_a_checkpoint_of_earlier_versions_resumes_and_is_saved_in_the_new_layout
     assert f"=> resuming checkpoint '{LEGACY_CHECKPOINT}' (epoch 1)" in log
     assert "Start epoch 1" in log and "Start epoch 0" not in log
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "epoch_2.pt", weights_only=True)
-    # Settings added since (the remedy flag, off here) join the legacy ones.
-    assert saved["cloob"] == {**LEGACY_SETTINGS, "hopfield_beta_from_spread": None} and "cloob" not in saved["optimizer"]
+    # Settings added since (the remedy flags, off here) join the legacy ones.
+    assert saved["cloob"] == {**LEGACY_SETTINGS, "hopfield_beta_from_spread": None, "hopfield_warmin": 0,
+                              "learnable_hopfield_beta": None} and "cloob" not in saved["optimizer"]
 
 
 def test_a_step_checkpoint_converts(tmp_path):

@@ -1,4 +1,5 @@
 """Conversion of original CLOOB checkpoints (and our own) into OpenCLIP state dicts."""
+import math
 import re
 
 import open_clip
@@ -68,6 +69,26 @@ def test_training_checkpoint_settings_round_trip(tmp_path, tiny):
     again_state, again_meta = convert_cloob_checkpoint(converted)  # model name comes from the metadata
     assert again_meta == meta
     assert all(torch.equal(again_state[key], value) for key, value in state_dict.items())
+
+
+@pytest.mark.parametrize("learnt", [{"logit_scale_hopfield": 2.5},
+                                    {"logit_scale_hopfield": 2.5, "logit_scale_hopfield_text": 1.5}],
+                         ids=["shared", "per-modality"])
+def test_a_learnt_beta_becomes_metadata_and_the_weights_load_strictly(tmp_path, tiny, learnt):
+    name, model = tiny
+    checkpoint = training_checkpoint(model, {**CLOOB_SETTINGS, "learnable_hopfield_beta": "shared"})
+    for key, log_beta in learnt.items():  # --learnable-hopfield-beta's model parameters, DDP-prefixed
+        checkpoint["state_dict"][f"module.{key}"] = torch.tensor(log_beta)
+    state_dict, meta = convert_cloob_checkpoint(checkpoint, name)
+    assert state_dict.keys() == model.state_dict().keys()
+    assert meta["hopfield_beta"] == pytest.approx(math.exp(2.5)) and meta["initial_hopfield_beta"] == 8.0
+    assert meta.get("hopfield_beta_text") == (pytest.approx(math.exp(1.5)) if len(learnt) == 2 else None)
+    folder = export.export_model_folder(checkpoint, tmp_path / "folder", name)
+    card = (folder / export.MODEL_CARD_NAME).read_text()
+    assert f"| Hopfield inverse temperature β (training loss only) | {math.exp(2.5):.6g} |" in card
+    if len(learnt) == 2:
+        assert f"| hopfield_beta_text | {math.exp(1.5):.6g} |" in card
+    open_clip.create_model(f"local-dir:{folder}")  # strict: no log β among the weights
 
 
 def test_training_checkpoint_without_settings(tiny):

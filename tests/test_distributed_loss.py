@@ -15,9 +15,12 @@ relations below are stated on feature gradients:
 One launch per world size runs everything: workers are forked from a forkserver that imported
 torch and open_clip once, instead of each re-importing them (~10 s of CPU per worker here).
 The same launch runs the loss through OpenCLIP's next ``gather_features`` signature (no
-``use_horovod``) and the collective ``CloobLoss.diagnostics``.
+``use_horovod``), the collective ``CloobLoss.diagnostics``, and the remedies: a learnt β per memory
+(log-β parameters, as ``--learnable-hopfield-beta`` gives the loss) with a Hopfield weight of a
+warm-in, whose β gradients average over the ranks (as DDP averages them) to the single-process ones.
 """
 import functools
+import math
 import os
 import socket
 
@@ -42,6 +45,9 @@ MODES = [  # local_loss, gather_with_grad
     (True, False),
 ]
 LOCAL_BATCH, DIM, BETA, INV_TAU = 3, 6, 8.0, 30.0
+# The remedies' case: log β of the image memory and of the text memory, and the Hopfield weight λ.
+LOG_BETAS, HOPFIELD_WEIGHT = (math.log(5.0), math.log(11.0)), 0.4
+REMEDIES = "learnt betas, warm-in"
 CASES = [(variant, path, mode) for variant in VARIANTS for path in PATHS for mode in MODES]
 
 
@@ -85,6 +91,23 @@ def _rank_run(rank, world_size, variant, path, mode):
     return loss.detach(), x.grad, y.grad, scale.grad
 
 
+def _rank_run_remedies(rank, world_size, path, mode):
+    """This rank's value and gradients (features, temperature, both log βs) with the remedies on."""
+    local_loss, gather_with_grad = mode
+    image, text = _global_batch(world_size)
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    x = image[rows].clone().requires_grad_()
+    y = text[rows].clone().requires_grad_()
+    scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
+    log_betas = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in LOG_BETAS]
+    loss_fn = CloobLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size,
+                        memory_efficient=path == "chunked", hopfield_weight=HOPFIELD_WEIGHT)
+    loss_fn.learn_beta(*log_betas)
+    loss = loss_fn(x, y, scale)
+    loss.backward()
+    return (loss.detach(), x.grad, y.grad, scale.grad, *(log_beta.grad for log_beta in log_betas))
+
+
 def _worker(rank, world_size, port, out_dir):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -107,6 +130,9 @@ def save_rank_results(rank, world_size, out_dir, **extra):
         for mode in MODES:
             results["without use_horovod", path, mode] = _rank_run(rank, world_size, VARIANTS[0], path, mode)
     cloob_loss_module.gather_features = gather_features
+    for path in PATHS:
+        for mode in MODES:
+            results[REMEDIES, path, mode] = _rank_run_remedies(rank, world_size, path, mode)
     image, text = _global_batch(world_size)
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     loss_fn = CloobLoss(hopfield_beta=BETA, rank=rank, world_size=world_size)
@@ -133,6 +159,21 @@ def _single_process(world_size, variant, anchor_indices=None):
                            text_beta=betas[1])
     loss.backward()
     return loss.detach(), x.grad, y.grad, scale.grad
+
+
+@functools.lru_cache(maxsize=None)
+def _single_process_remedies(world_size, anchor_indices=None):
+    """The float64 reference of the remedies' case on the global batch: value and gradients
+    (features, temperature, both log βs); (1 − λ) · L_plain + λ · L_hopfield, β = exp(log β)."""
+    image, text = _global_batch(world_size)
+    x, y = image.clone().requires_grad_(), text.clone().requires_grad_()
+    scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
+    log_betas = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in LOG_BETAS]
+    loss = ((1 - HOPFIELD_WEIGHT) * reference_cloob(x, y, scale, BETA, anchor_indices, hopfield=False)
+            + HOPFIELD_WEIGHT * reference_cloob(x, y, scale, log_betas[0].exp(), anchor_indices,
+                                                text_beta=log_betas[1].exp()))
+    loss.backward()
+    return (loss.detach(), x.grad, y.grad, scale.grad, *(log_beta.grad for log_beta in log_betas))
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
@@ -239,3 +280,29 @@ def test_gather_features_without_use_horovod(monkeypatch):
     assert CloobLoss()._gather_keywords == {}
     with pytest.raises(ValueError, match="use_horovod=True, but this OpenCLIP's open_clip.loss.gather_features"):
         CloobLoss(use_horovod=True)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: f"local{m[0]:d}-gathergrad{m[1]:d}")
+def test_remedies_match_single_process_and_beta_gradients_average_to_it(distributed_run, path, mode):
+    world_size, ranks = distributed_run
+    got = [r[REMEDIES, path, mode] for r in ranks]
+    single = _single_process_remedies(world_size)
+    local_loss, gather_with_grad = mode
+    values = torch.stack([rank[0] for rank in got])
+    if local_loss:
+        for rank, value in enumerate(values):
+            own_anchors = tuple(range(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH))
+            torch.testing.assert_close(value, _single_process_remedies(world_size, own_anchors)[0],
+                                       rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(values.mean(), single[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.stack([rank[3] for rank in got]).mean(), single[3], rtol=1e-9, atol=1e-12)
+    if mode == (True, False):
+        return  # the documented mode that drops other ranks' gradients (features and β alike)
+    scale = world_size if gather_with_grad else 1
+    for index in (1, 2):  # features: as check_feature_gradients
+        torch.testing.assert_close(torch.cat([rank[index] for rank in got]) / scale, single[index],
+                                   rtol=1e-9, atol=1e-12)
+    for index in (4, 5):  # log β of each memory: DDP's average over the ranks
+        torch.testing.assert_close(torch.stack([rank[index] for rank in got]).mean(), single[index],
+                                   rtol=1e-9, atol=1e-12)

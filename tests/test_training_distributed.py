@@ -16,14 +16,15 @@ LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory, fashion_mnist_data, tiny_model_config):
-    """torchrun, 2 ranks: webdataset from two '::' sources, resampled, local loss with gathered gradients."""
+    """torchrun, 2 ranks: webdataset from two '::' sources, resampled, local loss with gathered gradients,
+    and a learnable β per memory (model parameters used by the loss, outside the model's forward)."""
     logs = tmp_path_factory.mktemp("torchrun")
     shards = [str(path) for path in fashion_mnist_data["shards"]]
     argv = training_argv(
         logs, "torchrun",
         "--dataset-type", "webdataset", "--train-data", f"{shards[0]}::{shards[1]}", "--dataset-resampled",
         "--train-num-samples", "256", "--batch-size", "16", "--epochs", "1", "--lr", "1e-3", "--warmup", "2",
-        "--local-loss", "--gather-with-grad", "--log-every-n-steps", "1")
+        "--local-loss", "--gather-with-grad", "--log-every-n-steps", "1", "--learnable-hopfield-beta", "per-modality")
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--",
                 "-m", "training.main")
     run_training(argv, logs / "torchrun.stdout", launcher=launcher)
@@ -40,6 +41,15 @@ def test_torchrun_trains_cloob_over_the_global_batch(torchrun_run):
     checkpoint = torch.load(torchrun_run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
     # DDP saved the wrapped model; the frozen temperature stayed where it started.
     assert checkpoint["state_dict"]["module.logit_scale"].item() == pytest.approx(math.log(30.0))
+
+
+def test_torchrun_trains_the_learnable_betas_through_ddp(torchrun_run):
+    # DDP (without find_unused_parameters) stops a run at the next step when a parameter it owns was
+    # not reduced: 8 steps that end normally mean the log βs, used only by the loss, were averaged.
+    checkpoint = torch.load(torchrun_run / "checkpoints" / "epoch_1.pt", map_location="cpu", weights_only=True)
+    image, text = (checkpoint["state_dict"][f"module.{key}"].item()
+                   for key in ("logit_scale_hopfield", "logit_scale_hopfield_text"))
+    assert image != pytest.approx(math.log(8.0), abs=1e-4) and text != pytest.approx(image, abs=1e-4)
 
 
 @pytest.fixture(scope="module")

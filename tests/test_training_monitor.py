@@ -24,7 +24,7 @@ N, D = 16, 8
 
 def run_args(tmp_path: Path, **overrides) -> argparse.Namespace:
     settings = dict(loss="cloob", batch_size=N, accum_freq=1, world_size=1, rank=0, warmup=2, log_every_n_steps=5,
-                    wandb=False, save_logs=True, checkpoint_path=str(tmp_path))
+                    wandb=False, save_logs=True, checkpoint_path=str(tmp_path), hopfield_warmin=0)
     return argparse.Namespace(**{**settings, **overrides})
 
 

@@ -6,6 +6,10 @@
 - ``--train-data-upsampling-factors`` with ``--dataset-resampled`` over two webdataset sources: the
   shards are drawn in the ratio of the factors. One source holds only broken samples, so the number
   of broken samples skipped (``results.jsonl``) counts its draws against the good source's.
+- The remedies ``--hopfield-warmin`` and ``--learnable-hopfield-beta per-modality``: the Hopfield
+  weight follows the warm-in's schedule step by step, also across a resume; the two βs start at
+  ``--hopfield-beta`` and are trained apart; the checkpoint holds them as log β, and the exported
+  model loads with ``open_clip.create_model`` with the learnt βs in its metadata.
 """
 import io
 import json
@@ -18,7 +22,9 @@ from typing import List
 import pytest
 import torch
 
-from conftest import run_training, small_csv_argv, training_argv
+from conftest import TINY_MODEL, run_training, small_csv_argv, tensorboard_scalars, training_argv
+from open_clip_cloob.export import export_model_folder
+from training.scheduler import hopfield_warmin_weight
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +49,42 @@ def test_pure_bf16_with_a_locked_image_tower_trains_the_text_tower_only(tmp_path
     losses = [float(value) for value in re.findall(r"Loss: ([-\d.e+na]+)", (tmp_path / "bf16" / "out.log").read_text())]
     assert len(losses) == 2 * 512 // BATCH_SIZE and all(math.isfinite(loss) for loss in losses)
     assert "non-finite loss or gradient" not in (tmp_path / "bf16" / "out.log").read_text()
+
+
+WARMIN_STEPS = 40  # of the 2 x 32 steps of small_csv_argv: the weight reaches 1 after the resume
+
+
+def test_warmin_and_learnt_betas_follow_their_schedule_resume_and_export(tmp_path, fashion_mnist_data,
+                                                                         tiny_model_config):
+    import open_clip
+
+    flags = ("--hopfield-warmin", str(WARMIN_STEPS), "--learnable-hopfield-beta", "per-modality",
+             "--report-to", "tensorboard")
+    run_training(small_csv_argv(tmp_path, "remedies", fashion_mnist_data, *flags, "--epochs", "1"),
+                 tmp_path / "first.stdout")
+    run_training(small_csv_argv(tmp_path, "remedies", fashion_mnist_data, *flags, "--resume", "latest"),
+                 tmp_path / "resumed.stdout")
+    run = tmp_path / "remedies"
+    weights = tensorboard_scalars(run, "train/hopfield/hopfield_weight")
+    steps_per_epoch = 512 // BATCH_SIZE
+    assert [step for step, _ in weights] == list(range(2 * steps_per_epoch))  # both runs, logged every step
+    assert [value for _, value in weights] == pytest.approx(
+        [hopfield_warmin_weight(step, WARMIN_STEPS) for step in range(2 * steps_per_epoch)])
+    image_betas = [value for _, value in tensorboard_scalars(run, "train/hopfield/beta_images")]
+    text_betas = [value for _, value in tensorboard_scalars(run, "train/hopfield/beta_texts")]
+    assert image_betas[0] == pytest.approx(8.0) and text_betas[0] == pytest.approx(8.0)
+    assert abs(image_betas[-1] - 8.0) > 0.01 and abs(image_betas[-1] - text_betas[-1]) > 0.01  # learnt apart
+    checkpoint = torch.load(run / "checkpoints" / "epoch_2.pt", weights_only=True)
+    assert checkpoint["cloob"]["hopfield_warmin"] == WARMIN_STEPS
+    assert checkpoint["cloob"]["learnable_hopfield_beta"] == "per-modality"
+    learnt = {key: math.exp(checkpoint["state_dict"][key].item())
+              for key in ("logit_scale_hopfield", "logit_scale_hopfield_text")}
+    assert learnt["logit_scale_hopfield"] == pytest.approx(image_betas[-1], rel=0.02)  # one optimizer step later
+    folder = export_model_folder(run / "checkpoints" / "epoch_2.pt", tmp_path / "exported", TINY_MODEL)
+    model = open_clip.create_model(f"local-dir:{folder}")  # strict: the log βs are not weights
+    assert "logit_scale_hopfield" not in model.state_dict()
+    card = (folder / "README.md").read_text()
+    assert f"| hopfield_beta_text | {learnt['logit_scale_hopfield_text']:.6g} |" in card
 
 
 def _resplit(shards: List[Path], out: Path, broken: bool) -> str:

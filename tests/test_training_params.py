@@ -7,7 +7,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 
 from open_clip_cloob import CloobLoss, cloob_loss
 from open_clip_cloob.settings import LOSS_VARIANTS
-from training.openclip_hooks import create_loss, create_model_and_transforms, validation_loss
+from training.openclip_hooks import add_learnable_beta, create_loss, create_model_and_transforms, validation_loss
 from training.params import cloob_settings, parse_args
 
 DATA = ["--train-data", "train.csv"]
@@ -20,8 +20,8 @@ def _parse(*flags: str):
 def test_cloob_models_default_to_the_papers_cloob_settings():
     args = _parse("--model", "RN50-cloob")
     assert cloob_settings(args) == {
-        "loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "init_inv_tau": 30.0,
-        "learnable_inv_tau": False, "restart_cycles": 1}
+        "loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "hopfield_warmin": 0,
+        "learnable_hopfield_beta": None, "init_inv_tau": 30.0, "learnable_inv_tau": False, "restart_cycles": 1}
     assert args.hopfield_monitor is True
     assert args.lr_scheduler == "cosine" and args.batch_size == 64  # OpenCLIP's own flags still parse
 
@@ -41,6 +41,8 @@ def test_cloob_models_default_to_the_papers_cloob_settings():
     ("--save-every-n-steps", "-1", "value must be at least 0, got -1"),
     ("--max-nonfinite-steps", "0", "value must be at least 1, got 0"),
     ("--max-bad-samples", "-5", "value must be at least 0, got -5"),
+    ("--hopfield-warmin", "-1", "value must be at least 0, got -1"),
+    ("--hopfield-warmin", "0.5", "not an integer: '0.5'"),
 ])
 def test_every_numeric_flag_refuses_bad_values_naming_the_flag(flag, value, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -83,12 +85,45 @@ def test_cosine_restarts_runs_through_openclips_cosine_branch():
     ("--model", "RN50-cloob", "--hopfield-beta-from-spread", "0"),
     ("--model", "RN50-cloob", "--loss", "infoloob", "--hopfield-beta-from-spread", "2"),  # no Hopfield step
     ("--model", "RN50", "--hopfield-beta-from-spread", "2"),
+    ("--model", "RN50-cloob", "--learnable-hopfield-beta", "both"),
 ])
 def test_contradictions_and_unknown_flags_are_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parse(*flags)
     assert exit_info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--loss", "infoloob", "--hopfield-warmin", "100"), "--hopfield-warmin needs a loss with a Hopfield step"),
+    (("--loss", "clip", "--learnable-hopfield-beta", "shared"),
+     "--learnable-hopfield-beta needs a loss with a Hopfield step"),
+    (("--learnable-hopfield-beta", "shared", "--hopfield-beta-from-spread", "2"),
+     "--learnable-hopfield-beta and --hopfield-beta-from-spread both set β"),
+    (("--hopfield-warmin", "100", "--skip-scheduler"), "--hopfield-warmin needs the learning-rate schedule"),
+])
+def test_remedies_without_a_role_are_refused_with_the_reason(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--model", "RN50-cloob", *flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_remedy_flags_are_recorded_in_the_settings():
+    args = _parse("--model", "RN50-cloob", "--hopfield-warmin", "600", "--learnable-hopfield-beta", "per-modality")
+    assert (cloob_settings(args)["hopfield_warmin"], cloob_settings(args)["learnable_hopfield_beta"]) == (
+        600, "per-modality")
+
+
+@pytest.mark.parametrize("mode,names", [("shared", ["logit_scale_hopfield"]),
+                                        ("per-modality", ["logit_scale_hopfield", "logit_scale_hopfield_text"])])
+def test_learnable_beta_parameters_join_the_model_at_ln_beta(tiny_model_config, mode, names):
+    model, _, _ = create_model_and_transforms(tiny_model_config.stem, init_inv_tau=30.0, learnable_inv_tau=False)
+    parameters = add_learnable_beta(model, 8.0, mode)
+    assert [name for name, _ in model.named_parameters() if name.startswith("logit_scale_hopfield")] == names
+    assert all(p.ndim == 0 and p.requires_grad and p.item() == pytest.approx(math.log(8.0)) for p in parameters)
+    assert [model.get_parameter(name) for name in names] == parameters
+    assert all(key in model.state_dict() for key in names)  # saved and resumed with the weights
 
 
 def test_help_lists_cloob_and_openclip_flags(capsys):

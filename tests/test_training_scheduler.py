@@ -1,10 +1,10 @@
-"""cosine-restarts: checked against Hugging Face's hard-restarts schedule and OpenCLIP's cosine."""
+"""cosine-restarts: checked against Hugging Face's hard-restarts schedule and OpenCLIP's cosine; the warm-in's weight."""
 import pytest
 import torch
 from open_clip_train.scheduler import cosine_lr
 from transformers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
 
-from training.scheduler import cosine_restarts_lr
+from training.scheduler import cosine_restarts_lr, hopfield_warmin_weight
 
 BASE_LR, WARMUP, STEPS = 1e-3, 20, 250
 
@@ -60,3 +60,10 @@ def test_writes_the_rate_into_every_parameter_group():
 def test_rejects_zero_cycles():
     with pytest.raises(ValueError):
         cosine_restarts_lr(_optimizer(), BASE_LR, WARMUP, STEPS, cycles=0)
+
+
+def test_hopfield_warmin_weight_rises_linearly_to_one_and_stays():
+    assert [hopfield_warmin_weight(step, 4) for step in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert hopfield_warmin_weight(0, 0) == 1.0  # off: the paper's loss from the first step
+    with pytest.raises(ValueError, match=">= 0"):
+        hopfield_warmin_weight(-1, 4)

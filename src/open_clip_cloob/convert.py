@@ -6,7 +6,9 @@ Understood inputs (a path or an already loaded dict):
   2021), e.g. the released ``cloob_rn50_yfcc_epoch_28.pt``: a dict with ``state_dict`` (keys
   prefixed ``module.``), ``epoch``, ``name``, often ``optimizer``, ``model_config_file``, in older
   files ``method``, in newer ones ``scheduler``. The text tower sits under ``transformer.*`` and the temperature is
-  ``logit_inv_tau``; older files also hold ``logit_scale_hopfield`` (log β);
+  ``logit_inv_tau``; older files also hold ``logit_scale_hopfield`` (log β), which
+  ``training.main --learnable-hopfield-beta`` stores the same way (with ``logit_scale_hopfield_text``
+  for a β per memory): a learnt β becomes metadata, not a weight;
 - **OpenCLIP** checkpoints: training checkpoints (``epoch``, ``name``, ``state_dict``,
   ``optimizer``, ``scaler``; keys prefixed ``module.`` under DDP), bare state dicts and the files
   this module writes (``.safetensors`` or ``.pt``).
@@ -47,7 +49,7 @@ from . import cli
 from .checkpoint import (KNOWN_TOP_LEVEL_KEYS, META_KEY, CheckpointError, cloob_metadata, is_json_scalar,
                          load_checkpoint_file, save_converted)
 from .registry import add_model_configs, list_cloob_models
-from .settings import CLOOB_MODEL_SUFFIX
+from .settings import CLOOB_MODEL_SUFFIX, LEARNABLE_BETA_PARAMETERS
 
 _logger = logging.getLogger(__name__)
 
@@ -67,7 +69,9 @@ _ORIGINAL_KEY_RENAMES = {
     "transformer.text_projection": "text_projection",
     "logit_inv_tau": "logit_scale",
 }
-ORIGINAL_HOPFIELD_KEY = "logit_scale_hopfield"  # log β; a loss constant, not a model parameter
+# Log β, a parameter of the training loss, not of the model: the original files' learnt β, and
+# training.main's --learnable-hopfield-beta (one shared, or the image memory's and the text memory's).
+LEARNT_BETA_KEYS = dict(zip(LEARNABLE_BETA_PARAMETERS, ("hopfield_beta", "hopfield_beta_text")))
 _MODULE_PREFIX = "module."
 
 
@@ -85,7 +89,9 @@ def convert_cloob_checkpoint(
     Returns:
         ``(state_dict, meta)``: the state dict loads strictly into ``open_clip.create_model(
         meta["model"])``; ``meta`` holds ``model``, ``inv_tau`` (= exp(logit_scale)),
-        ``hopfield_beta`` (None where the checkpoint does not record it), ``epoch``, ``name``,
+        ``hopfield_beta`` (None where the checkpoint does not record it; a learnt β, stored as log β
+        in the weights, wins over the settings' starting value, then kept as
+        ``initial_hopfield_beta``; ``hopfield_beta_text`` for a β per memory), ``epoch``, ``name``,
         ``source_format`` (``"original"`` or ``"open_clip"``) and any CLOOB hyperparameters the
         checkpoint carries.
 
@@ -99,11 +105,13 @@ def convert_cloob_checkpoint(
     state_dict, extras = _split_checkpoint(checkpoint, source)
     state_dict = _strip_module_prefix(state_dict)
     meta = dict(extras.get(META_KEY, {}))
+    learnt = _pop_learnt_betas(state_dict, source)
+    if learnt and meta.get("hopfield_beta") is not None:
+        meta["initial_hopfield_beta"] = meta["hopfield_beta"]  # the settings' β, where training started
+    meta.update(learnt)
     if _is_original_layout(state_dict):
-        state_dict, log_beta = _rename_original_keys(state_dict, source)
+        state_dict = _rename_original_keys(state_dict, source)
         meta.setdefault("source_format", "original")
-        if log_beta is not None:
-            meta.setdefault("hopfield_beta", _finite_exp(log_beta, source, ORIGINAL_HOPFIELD_KEY))
     else:
         meta.setdefault("source_format", "open_clip")
     hint = model_name or meta.get("model") or _model_hint(extras.get("model_config_file"))
@@ -154,21 +162,23 @@ def _is_original_layout(state_dict: StateDict) -> bool:
     return any(key in _ORIGINAL_KEY_RENAMES or key.startswith("transformer.transformer.") for key in state_dict)
 
 
-def _rename_original_keys(state_dict: StateDict, source: str) -> Tuple[StateDict, Optional[torch.Tensor]]:
-    """Map original parameter names to OpenCLIP's; returns the renamed dict and log β if stored."""
+def _pop_learnt_betas(state_dict: StateDict, source: str) -> Dict[str, float]:
+    """Remove the log-β entries (:data:`LEARNT_BETA_KEYS`) from ``state_dict``; returns their β by metadata key."""
+    return {meta_key: _finite_exp(state_dict.pop(key), source, key)
+            for key, meta_key in LEARNT_BETA_KEYS.items() if key in state_dict}
+
+
+def _rename_original_keys(state_dict: StateDict, source: str) -> StateDict:
+    """Map original parameter names to OpenCLIP's."""
     renamed: StateDict = {}
-    log_beta = None
     for key, value in state_dict.items():
-        if key == ORIGINAL_HOPFIELD_KEY:
-            log_beta = value
-            continue
         new_key = _ORIGINAL_KEY_RENAMES.get(key)
         if new_key is None:
             new_key = next((new + key[len(old):] for old, new in _ORIGINAL_PREFIX_RENAMES if key.startswith(old)), None)
         if new_key is None:
             raise CheckpointError(f"{source}: unknown key {key!r} in an original CLOOB checkpoint")
         renamed[new_key] = value
-    return renamed, log_beta
+    return renamed
 
 
 def _finite_exp(log_value: Any, source: str, key: str) -> float:

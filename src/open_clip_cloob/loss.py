@@ -18,6 +18,12 @@ so every variant is on CLOOB's scale:
 
 Only training uses the Hopfield step; inference uses the plain embeddings, exactly like CLIP.
 
+Two opt-in remedies, not the paper's method, keep the paper's loss as an end point: a Hopfield
+weight λ ∈ [0, 1] blends the two rows, L = (1 − λ) · L_hopfield=False + λ · L_hopfield=True (a
+warm-in raises λ from 0 to 1 over the first steps), and β may be a tensor, even one per memory
+(β of the retrievals from image memory, β of those from text memory), through which the loss is
+differentiable, so a model can learn it.
+
 Layout: each primitive has one home holding its direct and chunked (memory-efficient) forms side
 by side: the retrieval (:func:`hopfield_retrieval`, ``_ChunkedRetrieval``, and
 :func:`cross_hopfield_retrieval`, which shares X·Yᵀ between two retrievals) and the contrastive
@@ -42,8 +48,8 @@ from open_clip.loss import gather_features
 
 # The variants (settings.LOSS_VARIANTS: --loss name -> CloobLoss keywords), the objectives and the
 # defaults live in the torch-free settings module, with the checks of every number the loss takes.
-from .settings import (DEFAULT_HOPFIELD_BETA, LEAVES_OUT_POSITIVE, check_int_at_least, check_objective,
-                       check_optional_positive, check_positive)
+from .settings import (DEFAULT_HOPFIELD_BETA, LEAVES_OUT_POSITIVE, check_fraction, check_int_at_least,
+                       check_objective, check_optional_positive, check_positive)
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +60,10 @@ _NORMALIZE_EPS = 1e-12  # F.normalize's default
 
 Pairs = Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 Gather = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+# A Hopfield β: a number, or a 0-dim tensor (learnable: the loss is differentiable in it).
+Beta = Union[float, torch.Tensor]
+# β of every retrieval, or (β of the retrievals from image memory, β of those from text memory).
+Betas = Union[Beta, Tuple[Beta, Beta]]
 
 
 def _chunks(n: int, chunk_size: int):
@@ -89,6 +99,8 @@ class _ChunkedRetrieval(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, state, memory, beta, chunk_size):
+        # A tensor β (learnable) is read once per call: the block products take a number.
+        beta = float(beta)
         retrieved = state.new_empty(state.shape[0], memory.shape[1])
         lse = state.new_empty(state.shape[0])
         for rows in _chunks(state.shape[0], chunk_size):
@@ -108,6 +120,8 @@ class _ChunkedRetrieval(torch.autograd.Function):
     def backward(ctx, grad_unit):
         state, memory, unit, norms, lse = ctx.saved_tensors
         beta = ctx.beta
+        # ∂L/∂β = Σ_ij ∂L/∂Z_ij (S Mᵀ)_ij for the scores Z = β S Mᵀ; only for a β that needs it.
+        grad_beta = state.new_zeros(()) if ctx.needs_input_grad[2] else None
         # Through u = o / ‖o‖: dO = (dU − u (dU·u)) / ‖o‖ (rows clamped at eps: dU / eps). Built in
         # place, and row dot products via einsum: no [n, d] temporaries at the memory peak.
         # A clamped norm is a constant: no radial term (masked, not branched on: no host sync).
@@ -121,16 +135,18 @@ class _ChunkedRetrieval(torch.autograd.Function):
             probs = torch.addmm(lse[rows, None], state[rows], memory.T, beta=-1, alpha=beta).exp_()
             grad_memory.addmm_(probs.T, grad_out[rows])  # memory as values
             grad_scores = torch.mm(grad_out[rows], memory.T).sub_(delta[rows]).mul_(probs)
+            if grad_beta is not None:
+                grad_beta += torch.einsum("ij,ij->", grad_scores, torch.mm(state[rows], memory.T))
             torch.mm(grad_scores, memory, out=grad_state[rows]).mul_(beta)
             grad_memory.addmm_(grad_scores.T, state[rows], alpha=beta)  # memory as keys
             del probs, grad_scores  # freed before the next blocks are allocated
-        return grad_state, grad_memory, None, None
+        return grad_state, grad_memory, grad_beta, None
 
 
 def hopfield_retrieval(
         state: torch.Tensor,
         memory: torch.Tensor,
-        beta: float,
+        beta: Beta,
         chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """One update step of a modern Hopfield network whose stored patterns are ``memory``.
@@ -142,15 +158,17 @@ def hopfield_retrieval(
     Args:
         state: [n, d] state patterns (queries).
         memory: [m, d] stored patterns (keys and values at once).
-        beta: inverse temperature β > 0 of the softmax.
+        beta: inverse temperature β > 0 of the softmax: a number, or a 0-dim tensor (differentiable;
+            its value is not checked, which would synchronise with the device).
         chunk_size: None computes the [n, m] attention at once. An int processes that many state
             rows at a time and recomputes them in backward: memory O((n + m)·d + chunk_size·m),
-            about 7 instead of 6 [n, m, d] matrix products for forward + backward.
+            about 7 instead of 6 [n, m, d] matrix products for forward + backward (one more for
+            the gradient of a tensor β).
 
     Returns:
         [n, d] retrieved patterns with unit rows.
     """
-    check_positive("beta", beta)
+    _check_beta("beta", beta)
     if chunk_size is not None:
         _check_chunk_size(chunk_size)
         return _ChunkedRetrieval.apply(state, memory, beta, chunk_size)
@@ -158,22 +176,24 @@ def hopfield_retrieval(
 
 
 def cross_hopfield_retrieval(
-        image: torch.Tensor, text: torch.Tensor, beta: float,
-        text_memory_beta: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        image: torch.Tensor, text: torch.Tensor, beta: Beta,
+        text_memory_beta: Optional[Beta] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(Hop(Y, X), Hop(X, Y))`` from one similarity product: Y Xᵀ and X Yᵀ are transposes.
 
     Args:
         image: [n, d] image patterns X (states of the second retrieval, memory of the first).
         text: [n, d] text patterns Y.
-        beta: inverse temperature β > 0 (of both retrievals, or of Hop(Y, X) with ``text_memory_beta``).
+        beta: inverse temperature β > 0 (of both retrievals, or of Hop(Y, X) with ``text_memory_beta``);
+            a number or a 0-dim tensor, as in :func:`hopfield_retrieval`.
         text_memory_beta: β of Hop(X, Y), the retrieval from text memory; default ``beta``.
 
     Returns:
         [n, d] texts retrieved from image memory, [n, d] images retrieved from text memory.
     """
-    check_positive("beta", beta)
-    check_optional_positive("text_memory_beta", text_memory_beta)
-    if text_memory_beta is None or text_memory_beta == beta:
+    _check_beta("beta", beta)
+    if text_memory_beta is not None:
+        _check_beta("text_memory_beta", text_memory_beta)
+    if text_memory_beta is None or _same_beta(beta, text_memory_beta):
         scores = beta * (text @ image.T)  # [n_text, n_image]
         text_from_images = torch.softmax(scores, dim=1) @ image
         image_from_texts = torch.softmax(scores, dim=0).T @ text
@@ -394,38 +414,55 @@ def similarity_spread(patterns: torch.Tensor) -> torch.Tensor:
 _MIN_SPREAD = 1e-6
 
 
-def memory_betas(image_memory: torch.Tensor, text_memory: torch.Tensor, hopfield_beta: float,
-                 beta_from_spread: Optional[float] = None) -> Tuple[float, float]:
+def memory_betas(image_memory: torch.Tensor, text_memory: torch.Tensor, hopfield_beta: Betas,
+                 beta_from_spread: Optional[float] = None) -> Tuple[Beta, Beta]:
     """β of the retrievals from image memory and from text memory, [N, d] unit rows each.
 
-    The paper's β is a constant: ``(hopfield_beta, hopfield_beta)``. With ``beta_from_spread`` = K
+    The paper's β is a constant: ``(hopfield_beta, hopfield_beta)``; a pair ``hopfield_beta`` is
+    already (β of the image memory, β of the text memory) and is returned as it is (numbers or
+    0-dim tensors; a tensor is not read). With ``beta_from_spread`` = K
     (an opt-in remedy, not the paper's method) each memory M gets ``β_M = K / σ(M)``,
     σ = :func:`similarity_spread`, recomputed from the batch on every call without gradient: the
     scores β·s_i·m_j a retrieval's softmax sees then have spread K whatever the embeddings' spread,
     so nearly collinear embeddings (σ → 0) never make the attention uniform, the state in which
     every retrieval is the batch mean and the loss has almost no gradient. Costs O(N·d²) and one
-    host synchronisation per call (β must be a number for the chunked path).
+    host synchronisation per call. It replaces a constant β only: a tensor β cannot be combined with it.
     """
-    check_positive("hopfield_beta", hopfield_beta)
+    betas = _check_betas(hopfield_beta)
     check_optional_positive("beta_from_spread", beta_from_spread)
     if beta_from_spread is None:
-        return hopfield_beta, hopfield_beta
+        return betas
+    if any(isinstance(beta, torch.Tensor) for beta in betas) or betas[0] != betas[1]:
+        raise ValueError("beta_from_spread replaces one constant hopfield_beta; it cannot be combined with a "
+                         "tensor (learnable) or per-memory hopfield_beta")
     spreads = torch.stack([similarity_spread(image_memory), similarity_spread(text_memory)])
     image_beta, text_beta = (beta_from_spread / spreads.clamp_min(_MIN_SPREAD)).tolist()
     return image_beta, text_beta
+
+
+def _score(pairs: Pairs, inv_tau: torch.Tensor, offset: int, chunk_size: Optional[int],
+           leave_out_positive: bool) -> torch.Tensor:
+    """``ℓ(A₁, B₁) + ℓ(A₂, B₂)`` of the two (anchors, candidates) pairs, anchors from row ``offset``."""
+    (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
+    if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
+        # ℓ(A, B) + ℓ(B, A) on the whole batch: one [N, N] product serves both directions.
+        return _contrastive_both_ways(first_anchors, first_candidates, inv_tau, leave_out_positive)
+    return (_contrastive(first_anchors, first_candidates, inv_tau, offset, chunk_size, leave_out_positive)
+            + _contrastive(second_anchors, second_candidates, inv_tau, offset, chunk_size, leave_out_positive))
 
 
 def _loss(
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: Union[torch.Tensor, float],
-        hopfield_beta: float,
+        hopfield_beta: Betas,
         objective: str,
         hopfield: bool,
         chunk_size: Optional[int],
         gather: Optional[Gather] = None,
         local_rank: Optional[int] = None,
         beta_from_spread: Optional[float] = None,
+        hopfield_weight: float = 1.0,
 ) -> torch.Tensor:
     """``τ · [ℓ(A₁, B₁) + ℓ(A₂, B₂)]`` of one process: the implementation behind :func:`cloob_loss`
     and :class:`CloobLoss`, in float32 (or the inputs' wider dtype) even under autocast.
@@ -433,7 +470,9 @@ def _loss(
     ``gather`` is None for one process holding the whole batch; otherwise it all-gathers two
     [n, d] tensors of every rank to [n·world_size, d], which become the memory and candidates.
     ``local_rank`` (with ``gather``) scores only that rank's own anchors (``local_loss``).
-    ``beta_from_spread``: see :func:`memory_betas`.
+    ``beta_from_spread``: see :func:`memory_betas`. With ``hopfield``, ``hopfield_weight`` λ blends
+    the plain pairs' loss and the retrievals' loss, (1 − λ) · L_plain + λ · L_hopfield; only the
+    terms whose weight is not 0 are computed.
     """
     # Softmax and logsumexp over a large batch lose too much in half precision.
     dtype = torch.promote_types(image_features.dtype, torch.float32)
@@ -444,17 +483,52 @@ def _loss(
         image_memory, text_memory = (image, text) if gather is None else gather(image, text)
         local = local_rank is not None
         batch = _Batch(*((image, text) if local else (image_memory, text_memory)), image_memory, text_memory)
-        betas = memory_betas(image_memory, text_memory, hopfield_beta, beta_from_spread) if hopfield else None
-        pairs = (_retrieval_pairs if hopfield else _embedding_pairs)(batch, betas, chunk_size, gather if local else None)
-        leave_out_positive = LEAVES_OUT_POSITIVE[objective]
-        (first_anchors, first_candidates), (second_anchors, second_candidates) = pairs
-        if chunk_size is None and first_anchors is second_candidates and first_candidates is second_anchors:
-            # ℓ(A, B) + ℓ(B, A) on the whole batch: one [N, N] product serves both directions.
-            return _contrastive_both_ways(first_anchors, first_candidates, inv_tau, leave_out_positive) / inv_tau
         offset = local_rank * image.shape[0] if local else 0
-        loss = (_contrastive(first_anchors, first_candidates, inv_tau, offset, chunk_size, leave_out_positive)
-                + _contrastive(second_anchors, second_candidates, inv_tau, offset, chunk_size, leave_out_positive))
+        leave_out_positive = LEAVES_OUT_POSITIVE[objective]
+        weight = hopfield_weight if hopfield else 0.0
+        loss = 0
+        if weight < 1:
+            plain = _score(_embedding_pairs(batch, None, chunk_size, None), inv_tau, offset, chunk_size,
+                           leave_out_positive)
+            loss = plain if weight == 0 else (1 - weight) * plain
+        if weight > 0:
+            betas = memory_betas(image_memory, text_memory, hopfield_beta, beta_from_spread)
+            pairs = _retrieval_pairs(batch, betas, chunk_size, gather if local else None)
+            retrieved = _score(pairs, inv_tau, offset, chunk_size, leave_out_positive)
+            loss = retrieved if weight == 1 else loss + weight * retrieved
         return loss / inv_tau
+
+
+def _check_beta(name: str, beta: Beta) -> None:
+    """A number must be a finite β > 0; a tensor must be 0-dim and floating, its value is not read
+    (that would synchronise with the device on every step)."""
+    if isinstance(beta, torch.Tensor):
+        if beta.ndim != 0 or not beta.is_floating_point():
+            raise ValueError(f"{name} must be a number or a 0-dim floating tensor, got a tensor of shape "
+                             f"{tuple(beta.shape)} and dtype {beta.dtype}")
+    else:
+        check_positive(name, beta)
+
+
+def _check_betas(hopfield_beta: Betas) -> Tuple[Beta, Beta]:
+    """``hopfield_beta`` as (β of the image memory, β of the text memory), each checked by :func:`_check_beta`."""
+    if isinstance(hopfield_beta, tuple):
+        if len(hopfield_beta) != 2:
+            raise ValueError(f"hopfield_beta as a tuple must be (image memory β, text memory β), got "
+                             f"{len(hopfield_beta)} values")
+        image_beta, text_beta = hopfield_beta
+    else:
+        image_beta = text_beta = hopfield_beta
+    _check_beta("hopfield_beta", image_beta)
+    _check_beta("hopfield_beta", text_beta)
+    return image_beta, text_beta
+
+
+def _same_beta(first: Beta, second: Beta) -> bool:
+    """Whether two βs are known to be equal without reading a tensor: the same object, or equal numbers."""
+    if first is second:
+        return True
+    return not isinstance(first, torch.Tensor) and not isinstance(second, torch.Tensor) and first == second
 
 
 def _check_chunk_size(chunk_size: int) -> None:
@@ -484,11 +558,12 @@ def cloob_loss(
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         inv_tau: Union[torch.Tensor, float],
-        hopfield_beta: float = DEFAULT_HOPFIELD_BETA,
+        hopfield_beta: Betas = DEFAULT_HOPFIELD_BETA,
         objective: str = "infoloob",
         hopfield: bool = True,
         chunk_size: Optional[int] = None,
         beta_from_spread: Optional[float] = None,
+        hopfield_weight: float = 1.0,
 ) -> torch.Tensor:
     """CLOOB loss (or an ablation of it) of one process holding the whole batch.
 
@@ -501,24 +576,30 @@ def cloob_loss(
         image_features: [N, d] L2-normalised image embeddings X.
         text_features: [N, d] L2-normalised text embeddings Y (row i pairs with image i).
         inv_tau: inverse temperature 1/τ (OpenCLIP's exponentiated ``logit_scale``).
-        hopfield_beta: Hopfield inverse temperature β > 0 (unused with ``hopfield=False``).
+        hopfield_beta: Hopfield inverse temperature β > 0 (unused with ``hopfield=False``): a
+            number, a 0-dim tensor (the loss is differentiable in it: a learnable β), or a pair
+            (β of the retrievals from image memory, β of those from text memory) of either.
         objective: ``"infoloob"`` or ``"infonce"``.
         hopfield: score the Hopfield retrievals (True) or the embeddings themselves (False).
         chunk_size: None computes [N, N] matrices at once; an int computes every retrieval and
             score that many rows at a time (memory linear in N, see :class:`CloobLoss`).
         beta_from_spread: None (the paper) or K > 0: β of each memory from its similarity spread,
             replacing ``hopfield_beta`` (:func:`memory_betas`).
+        hopfield_weight: λ in [0, 1], with ``hopfield=True``: ``(1 − λ) · τ [ℓ(X, Y) + ℓ(Y, X)] +
+            λ · τ [ℓ(U_x, U_y) + ℓ(V_y, V_x)]``. 1 (default) is the paper's loss, 0 the loss without
+            the retrieval; a warm-in raises it from 0 to 1.
 
     Returns:
         Scalar loss in float32 (or in the inputs' dtype when wider), also under autocast.
     """
-    check_positive("hopfield_beta", hopfield_beta)
+    _check_betas(hopfield_beta)
     check_optional_positive("beta_from_spread", beta_from_spread)
+    check_fraction("hopfield_weight", hopfield_weight)
     check_objective(objective)
     _check_inv_tau(inv_tau)
     _check_features(image_features, text_features, world_size=1)
     return _loss(image_features, text_features, inv_tau, hopfield_beta, objective, hopfield, chunk_size,
-                 beta_from_spread=beta_from_spread)
+                 beta_from_spread=beta_from_spread, hopfield_weight=hopfield_weight)
 
 
 def _gather_keywords(use_horovod: bool) -> Dict[str, bool]:
@@ -569,6 +650,12 @@ class CloobLoss(nn.Module):
         hopfield: score the Hopfield retrievals (True, CLOOB) or the plain embeddings (False).
         beta_from_spread: None (the paper's constant β) or K > 0: each memory's β from its
             similarity spread every step, K / σ (:func:`memory_betas`), replacing ``hopfield_beta``.
+        hopfield_weight: λ in [0, 1] of :func:`cloob_loss` (1: the paper's loss). A warm-in sets the
+            attribute of that name before each step.
+
+    A learnable β lives in the model, where the optimizer and DDP see it: :meth:`learn_beta` hands
+    the loss the model's log-β parameters, and β = exp(log β) replaces ``hopfield_beta`` from then
+    on (one shared β, or one per memory).
     """
 
     def __init__(
@@ -584,9 +671,11 @@ class CloobLoss(nn.Module):
             objective: str = "infoloob",
             hopfield: bool = True,
             beta_from_spread: Optional[float] = None,
+            hopfield_weight: float = 1.0,
     ):
         super().__init__()
         check_positive("hopfield_beta", hopfield_beta)
+        check_fraction("hopfield_weight", hopfield_weight)
         check_objective(objective)
         check_optional_positive("beta_from_spread", beta_from_spread)
         check_int_at_least("world_size", world_size, 1)
@@ -603,11 +692,36 @@ class CloobLoss(nn.Module):
         self.objective = objective
         self.hopfield = hopfield
         self.beta_from_spread = beta_from_spread
+        self.hopfield_weight = float(hopfield_weight)
+        self.log_betas: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self._gather_keywords = _gather_keywords(use_horovod)
         if local_loss and world_size > 1 and not gather_with_grad:
             _logger.warning(
                 "CloobLoss(local_loss=True, gather_with_grad=False): as with ClipLoss, gradients from "
                 "other ranks' anchors are dropped; add --gather-with-grad for the exact gradient.")
+
+    def learn_beta(self, log_beta_image: torch.Tensor, log_beta_text: Optional[torch.Tensor] = None) -> None:
+        """Take β from now on as exp of the model's 0-dim log-β parameter(s), differentiably.
+
+        Args:
+            log_beta_image: log β of the retrievals from image memory, and from text memory too
+                when ``log_beta_text`` is None (one shared β).
+            log_beta_text: log β of the retrievals from text memory (one β per memory).
+        """
+        if not self.hopfield or self.beta_from_spread is not None:
+            raise ValueError("a learnable β needs a loss with the Hopfield retrieval and no beta_from_spread")
+        for name, value in (("log_beta_image", log_beta_image), ("log_beta_text", log_beta_text)):
+            if value is not None:
+                _check_beta(name, value)
+        self.log_betas = (log_beta_image, log_beta_image if log_beta_text is None else log_beta_text)
+
+    def betas(self) -> Betas:
+        """The β the next forward uses: ``hopfield_beta``, or (image memory, text memory) exp(log β) tensors."""
+        if self.log_betas is None:
+            return self.hopfield_beta
+        image, text = self.log_betas
+        image_beta = image.exp()
+        return image_beta, image_beta if text is image else text.exp()
 
     def _gather(self, first: torch.Tensor, second: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """All-gather two [n, d] tensors to [n·world_size, d], keeping this rank's rows' gradient."""
@@ -643,9 +757,10 @@ class CloobLoss(nn.Module):
         n_memory = image_features.shape[0] * self.world_size
         chunk_size = self._chunk_size(image_features.shape[0] if local else n_memory, n_memory)
         loss = _loss(
-            image_features, text_features, logit_scale, self.hopfield_beta, self.objective, self.hopfield,
+            image_features, text_features, logit_scale, self.betas(), self.objective, self.hopfield,
             chunk_size, gather=self._gather if distributed else None, local_rank=self.rank if local else None,
-            beta_from_spread=self.beta_from_spread)
+            beta_from_spread=self.beta_from_spread, hopfield_weight=check_fraction("hopfield_weight",
+                                                                                   self.hopfield_weight))
         return {"cloob_loss": loss} if output_dict else loss
 
     def diagnostics(self, image_features: torch.Tensor, text_features: torch.Tensor) -> Dict[str, float]:
@@ -664,7 +779,10 @@ class CloobLoss(nn.Module):
             image, text = image_features.detach(), text_features.detach()
             if self.world_size > 1:
                 image, text = self._gather(image, text)
-            return hopfield_diagnostics(image, text, self.hopfield_beta, self.beta_from_spread)
+            betas = self.betas()
+            if isinstance(betas, tuple):
+                betas = tuple(beta.detach() for beta in betas)
+            return hopfield_diagnostics(image, text, betas, self.beta_from_spread)
 
     def _chunk_size(self, n_states: int, n_memory: int) -> Optional[int]:
         """Rows per chunk for the memory-efficient path, or None for the direct path."""
@@ -697,7 +815,7 @@ def _mean_off_diagonal_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def hopfield_diagnostics(
-        image_features: torch.Tensor, text_features: torch.Tensor, hopfield_beta: float,
+        image_features: torch.Tensor, text_features: torch.Tensor, hopfield_beta: Betas,
         beta_from_spread: Optional[float] = None) -> Dict[str, float]:
     """Diagnostics of the Hopfield step on one batch, for logging steps (nothing runs otherwise).
 
@@ -711,7 +829,8 @@ def hopfield_diagnostics(
     Args:
         image_features: [N, d] image embeddings X, N ≥ 2.
         text_features: [N, d] text embeddings Y (row i pairs with image i).
-        hopfield_beta: Hopfield inverse temperature β > 0.
+        hopfield_beta: Hopfield inverse temperature β > 0, or (image memory β, text memory β); numbers
+            or 0-dim tensors (read here).
         beta_from_spread: None, or K: each memory's β from its spread (:func:`memory_betas`).
 
     Returns:
@@ -726,7 +845,7 @@ def hopfield_diagnostics(
         the retrievals from each memory (``hopfield_beta``, or K / σ with ``beta_from_spread``).
         β·σ ≪ 1 means nearly uniform attention: every retrieval is close to the batch mean.
     """
-    check_positive("hopfield_beta", hopfield_beta)
+    _check_betas(hopfield_beta)
     check_optional_positive("beta_from_spread", beta_from_spread)
     _check_features(image_features, text_features, world_size=1)
     dtype = torch.promote_types(image_features.dtype, torch.float32)
@@ -746,7 +865,7 @@ def hopfield_diagnostics(
             "spread_texts": similarity_spread(y),
         }
     diagnostics = dict(zip(values, torch.stack(list(values.values())).tolist()))
-    return {**diagnostics, "beta_images": image_beta, "beta_texts": text_beta}
+    return {**diagnostics, "beta_images": float(image_beta), "beta_texts": float(text_beta)}
 
 
 def collapsed_loss(batch_size: int, inv_tau: float, objective: str = "infoloob") -> float:

@@ -42,6 +42,12 @@ LOSSES: Tuple[str, ...] = CLOOB_LOSSES + (OPENCLIP_LOSS,)
 # Model configs named '<architecture>-cloob' are CLOOB's (model_configs/*.json).
 CLOOB_MODEL_SUFFIX = "-cloob"
 
+# A learnable β (an opt-in remedy): one for every retrieval, or one per memory (image, text). The
+# model parameters holding log β: the first is the shared one or the image memory's, the second the
+# text memory's ('per-modality'). 'logit_scale_hopfield' is the name in the authors' first code.
+LEARNABLE_BETA_MODES: Tuple[str, ...] = ("shared", "per-modality")
+LEARNABLE_BETA_PARAMETERS: Tuple[str, str] = ("logit_scale_hopfield", "logit_scale_hopfield_text")
+
 # The paper's Conceptual Captions constants: Hopfield β and the fixed inverse temperature 1/τ.
 DEFAULT_HOPFIELD_BETA = 8.0
 DEFAULT_INV_TAU = 30.0
@@ -63,6 +69,14 @@ def check_positive(name: str, value: Any) -> float:
 def check_optional_positive(name: str, value: Optional[Any]) -> Optional[float]:
     """``None``, or :func:`check_positive` of ``value``."""
     return None if value is None else check_positive(name, value)
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """``value`` as a float when it is a number in [0, 1] (a weight); otherwise ``ValueError`` naming ``name``."""
+    number = _finite(name, value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+    return number
 
 
 def check_inv_tau(name: str, value: Any) -> float:

@@ -7,7 +7,9 @@ loop is not touched:
   ``--log-every-n-steps``-th of an epoch and its last) it computes the library's
   :func:`open_clip_cloob.hopfield_diagnostics` of the step's global batch (``CloobLoss.diagnostics``:
   a collective, so every rank computes them at the same steps) and the logging rank writes them
-  next to OpenCLIP's own metrics: console, tensorboard and wandb as ``train/hopfield/<key>``.
+  next to OpenCLIP's own metrics: console, tensorboard and wandb as ``train/hopfield/<key>``; with
+  ``--hopfield-warmin`` also the step's Hopfield weight λ (``train/hopfield/hopfield_weight``), and
+  with ``--learnable-hopfield-beta`` the βs are the learnt ones of the step (``beta_images``, ``beta_texts``).
 - On every step it compares the loss with the value of a collapsed model,
   :func:`open_clip_cloob.collapsed_loss` (2·τ·log(N−1) for InfoLOOB: every retrieval the same, a
   state CLOOB may never leave because such a loss has almost no gradient). That comparison stays on the
@@ -58,7 +60,8 @@ class HopfieldMonitor:
         loss: the run's training loss, watched through a forward hook (its ``diagnostics`` use the
             loss's own β and memory).
         args: the run configuration (``loss``, ``batch_size``, ``accum_freq``, ``world_size``,
-            ``warmup``, ``log_every_n_steps``, ``rank``, ``wandb``, ``checkpoint_path``, ``save_logs``).
+            ``warmup``, ``log_every_n_steps``, ``rank``, ``wandb``, ``checkpoint_path``, ``save_logs``,
+            ``hopfield_warmin``).
     """
 
     def __init__(self, loss: CloobLoss, args: argparse.Namespace) -> None:
@@ -98,7 +101,10 @@ class HopfieldMonitor:
         value = output["cloob_loss"] if isinstance(output, Mapping) else output
         self._count_collapsed(value.detach(), inputs["logit_scale"], after_warmup=step >= self.args.warmup)
         if is_logging_step(step_in_epoch, self._steps_per_epoch, self.args.log_every_n_steps):
-            self._log(step, loss.diagnostics(inputs["image_features"], inputs["text_features"]))
+            diagnostics = loss.diagnostics(inputs["image_features"], inputs["text_features"])
+            if self.args.hopfield_warmin:
+                diagnostics["hopfield_weight"] = loss.hopfield_weight
+            self._log(step, diagnostics)
 
     def _count_collapsed(self, value: torch.Tensor, logit_scale: Any, after_warmup: bool) -> None:
         collapsed = self._collapsed_at_unit_inv_tau / torch.as_tensor(logit_scale, device=value.device).detach()

@@ -31,13 +31,20 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``parse_args``: returns :attr:`Run.args` (the command line is not parsed a second time).
 - ``create_model_and_transforms``: builds the model with ``init_logit_scale = ln(--init-inv-tau)``
   and freezes ``logit_scale`` unless ``--learnable-inv-tau``, before DDP wraps the model (DDP fails
-  on step 2 if a trainable parameter never gets a gradient).
+  on step 2 if a trainable parameter never gets a gradient); with ``--learnable-hopfield-beta`` it
+  adds the log-β parameter(s) (``settings.LEARNABLE_BETA_PARAMETERS``) to the model, so that
+  OpenCLIP's optimizer (without weight decay, as for every 0-dim parameter), DDP's gradient average
+  and the checkpoints include them; ``create_loss`` hands them to the loss.
 - ``create_loss``: the ``CloobLoss`` of a CLOOB-family ``--loss`` (its keywords are the library's
   ``LOSS_VARIANTS[name]``) or OpenCLIP's own choice for ``--loss clip``; a resumed checkpoint's
   loss state is loaded into it, and (``--hopfield-monitor``) a
   :class:`training.monitor.HopfieldMonitor` watches it: Hopfield diagnostics on the steps OpenCLIP's
   ``train_one_epoch`` logs (it mirrors that loop's logging condition), the collapse warning.
 - ``cosine_lr``: :func:`training.scheduler.cosine_restarts_lr` when ``--restart-cycles`` > 1.
+- the ``scheduler`` argument of ``train_one_epoch`` (``--hopfield-warmin``): OpenCLIP calls it at the
+  start of every step with the global step; the wrapper first sets the loss's ``hopfield_weight``
+  (:func:`training.scheduler.hopfield_warmin_weight`), so a resumed run continues the warm-in where
+  it stopped.
 - ``train_one_epoch``: runs the epoch through :class:`training.reliability.StepLoader` (step
   boundaries: non-finite steps, ``--save-every-n-steps``, preemption signals; resuming inside the
   epoch and, for a resampled webdataset, drawing shards afresh through
@@ -108,7 +115,7 @@ from torch.utils.data import DataLoader
 
 from open_clip_cloob import CloobLoss
 from open_clip_cloob.checkpoint import HISTORY_KEY, LOSS_STATE_KEY, META_KEY
-from open_clip_cloob.settings import LOSS_VARIANTS
+from open_clip_cloob.settings import LEARNABLE_BETA_PARAMETERS, LOSS_VARIANTS
 from training import params
 from training.monitor import HopfieldMonitor
 from training.data_checks import (
@@ -116,7 +123,7 @@ from training.data_checks import (
 from training.reliability import (
     ContinuedDraw, EpochSession, NonFiniteGuard, PeerWatch, PreemptionSignal, ResumeState, StepLoader, atomic_save,
     load_checkpoint, resumed_settings_history, resampling_seed, sample_shuffle_seed, sum_over_ranks)
-from training.scheduler import cosine_restarts_lr
+from training.scheduler import cosine_restarts_lr, hopfield_warmin_weight
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,22 @@ def create_model_and_transforms(*args: Any, init_inv_tau: Optional[float], learn
     model, preprocess_train, preprocess_val = _openclip_create_model_and_transforms(*args, **kwargs)
     model.logit_scale.requires_grad_(learnable_inv_tau)
     return model, preprocess_train, preprocess_val
+
+
+def add_learnable_beta(model: torch.nn.Module, beta: float, mode: str) -> List[torch.nn.Parameter]:
+    """Register the 0-dim log-β parameter(s) of ``--learnable-hopfield-beta`` on ``model``, set to ln ``beta``.
+
+    ``mode`` 'shared' adds ``LEARNABLE_BETA_PARAMETERS[0]``; 'per-modality' both (image memory, text
+    memory). Returns them in that order.
+    """
+    names = LEARNABLE_BETA_PARAMETERS[:2 if mode == "per-modality" else 1]
+    reference = model.logit_scale
+    parameters = []
+    for name in names:
+        parameter = torch.nn.Parameter(torch.tensor(math.log(beta), dtype=reference.dtype, device=reference.device))
+        model.register_parameter(name, parameter)
+        parameters.append(parameter)
+    return parameters
 
 
 def build_cloob_loss(args: argparse.Namespace, distributed: bool = True) -> CloobLoss:
@@ -369,6 +392,7 @@ class Run:
         # Broken training samples of the last epoch, summed over ranks.
         self.broken_train_samples: Optional[int] = None
         self.loss: Optional[torch.nn.Module] = None
+        self.log_betas: List[torch.nn.Parameter] = []  # --learnable-hopfield-beta's model parameters
         self.monitor: Optional[HopfieldMonitor] = None
         self._loss_state: Optional[Dict[str, Any]] = None  # of a resumed checkpoint, until the loss exists
         # The settings this run's weights were trained with before the current ones (HISTORY_KEY).
@@ -419,13 +443,18 @@ class Run:
         return self.peers.describe_lost() if self.peers is not None else None
 
     def create_model_and_transforms(self, *args: Any, **kwargs: Any) -> Tuple[torch.nn.Module, Callable, Callable]:
-        """OpenCLIP's model factory with ``--init-inv-tau`` and ``--learnable-inv-tau``."""
-        return create_model_and_transforms(*args, init_inv_tau=self.args.init_inv_tau,
-                                           learnable_inv_tau=self.args.learnable_inv_tau, **kwargs)
+        """OpenCLIP's model factory with ``--init-inv-tau``, ``--learnable-inv-tau`` and ``--learnable-hopfield-beta``."""
+        model, preprocess_train, preprocess_val = create_model_and_transforms(
+            *args, init_inv_tau=self.args.init_inv_tau, learnable_inv_tau=self.args.learnable_inv_tau, **kwargs)
+        if self.args.learnable_hopfield_beta is not None:
+            self.log_betas = add_learnable_beta(model, self.args.hopfield_beta, self.args.learnable_hopfield_beta)
+        return model, preprocess_train, preprocess_val
 
     def create_loss(self, args: argparse.Namespace) -> torch.nn.Module:
         """:func:`create_loss`, kept for the checkpoints; a resumed checkpoint's loss state goes into it."""
         self.loss = create_loss(args)
+        if self.log_betas:
+            self.loss.learn_beta(*self.log_betas)
         if params.uses_cloob_loss(args) and args.hopfield_monitor:
             self.monitor = HopfieldMonitor(self.loss, args)
         if self._loss_state is not None:
@@ -489,12 +518,21 @@ class Run:
         train = dataclasses.replace(train, dataloader=loader)
         if skip and args.dataset_resampled and train.shared_epoch is not None:
             train = dataclasses.replace(train, shared_epoch=ContinuedDraw(train.shared_epoch, skip))
+        if args.hopfield_warmin:
+            scheduler = self._warming_in(scheduler)
         _openclip_train_one_epoch(
             model, {**data, "train": train}, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
             tb_writer=tb_writer)
         if counter is not None:
             self.broken_train_samples = sum_over_ranks(counter.count)
             logging.info("Epoch %d: %d broken training samples skipped", epoch, self.broken_train_samples)
+
+    def _warming_in(self, scheduler: Callable[[int], float]) -> Callable[[int], float]:
+        """``scheduler`` that first sets the loss's Hopfield weight of ``--hopfield-warmin`` for the step."""
+        def schedule(step: int) -> float:
+            self.loss.hopfield_weight = hopfield_warmin_weight(step, self.args.hopfield_warmin)
+            return scheduler(step)
+        return schedule
 
     def csv_dataset(self, input_filename: str, transforms: Callable, img_key: str, caption_key: str,
                     sep: str = "\t", tokenizer: Optional[Callable] = None) -> CheckedCsvDataset:
@@ -546,7 +584,9 @@ class Run:
         """
         metrics = _openclip_get_clip_metrics(image_features, text_features, logit_scale)
         if params.uses_cloob_loss(self.args):
-            loss = build_cloob_loss(self.args, distributed=False)
+            loss = build_cloob_loss(self.args, distributed=False)  # the paper's weight 1, even in a warm-in
+            if self.log_betas:
+                loss.learn_beta(*self.log_betas)
             metrics[f"{self.args.loss}_val_loss"] = validation_loss(
                 loss, image_features, text_features, logit_scale, self.args.batch_size)
             if len(image_features) >= 2:

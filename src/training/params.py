@@ -43,8 +43,8 @@ settings = _library_settings()
 COSINE_RESTARTS = "cosine-restarts"
 # The flags that define the objective and the schedule, stored in checkpoints next to the weights
 # (their "cloob" entry) and compared with the command line on --resume.
-CLOOB_SETTINGS = ("loss", "hopfield_beta", "hopfield_beta_from_spread", "init_inv_tau", "learnable_inv_tau",
-                  "restart_cycles")
+CLOOB_SETTINGS = ("loss", "hopfield_beta", "hopfield_beta_from_spread", "hopfield_warmin", "learnable_hopfield_beta",
+                  "init_inv_tau", "learnable_inv_tau", "restart_cycles")
 
 
 def _checked(parse: Callable[[str], Any], check: Callable[..., Any], *bounds: Any) -> Callable[[str], Any]:
@@ -87,6 +87,20 @@ def add_cloob_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "--hopfield-beta; keeps the retrieval from turning into the batch mean when the embeddings "
              f"are nearly collinear (docs/study/). Only with --loss {' or '.join(settings.HOPFIELD_LOSSES)}.")
     group.add_argument(
+        "--hopfield-warmin", type=_checked(int, settings.check_int_at_least, 0), default=0, metavar="STEPS",
+        help="Opt-in remedy, not the paper's method: phase the Hopfield retrieval in over the first STEPS "
+             "optimizer steps, loss = (1 − λ) · (the loss without retrieval) + λ · (the loss with it), "
+             "λ = min(1, step / STEPS): plain InfoLOOB (or InfoNCE) at the start, the paper's loss from "
+             f"step STEPS on. 0 (default): off. Only with --loss {' or '.join(settings.HOPFIELD_LOSSES)}.")
+    group.add_argument(
+        "--learnable-hopfield-beta", choices=settings.LEARNABLE_BETA_MODES, default=None,
+        help="Opt-in remedy, not the paper's method: learn β, starting from --hopfield-beta, as a model "
+             f"parameter ({settings.LEARNABLE_BETA_PARAMETERS[0]} = log β, the name of the authors' first "
+             "code) trained by the run's optimizer without weight decay. 'shared': one β for every "
+             f"retrieval; 'per-modality': also {settings.LEARNABLE_BETA_PARAMETERS[1]}, β of the retrievals "
+             "from text memory, while the first serves those from image memory. Exported weights keep the "
+             f"learnt values as metadata. Only with --loss {' or '.join(settings.HOPFIELD_LOSSES)}.")
+    group.add_argument(
         "--hopfield-monitor", action=argparse.BooleanOptionalAction, default=True,
         help="With a CLOOB-family loss: log the Hopfield diagnostics of the batch on logging steps "
              "(train/hopfield/*: attended patterns, mean cosines, positive − negative similarity) and "
@@ -120,7 +134,7 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     group.add_argument(
         "--allow-changed-settings", action="store_true",
         help="With --resume: continue even if the checkpoint was trained with other CLOOB settings (loss, "
-             "β, β from the spread, 1/τ and whether it is learnable, restart cycles; "
+             "β, β from the spread, the warm-in, a learnable β, 1/τ and whether it is learnable, restart cycles; "
              "checkpoint['cloob']). Without it such a resume stops before the first step, naming each "
              "difference. The change is logged and the old settings are kept in the checkpoints' "
              "settings history.")
@@ -196,9 +210,17 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             args.init_inv_tau = settings.DEFAULT_INV_TAU
     if args.learnable_inv_tau is None:
         args.learnable_inv_tau = not cloob
-    if args.hopfield_beta_from_spread is not None and args.loss not in settings.HOPFIELD_LOSSES:
-        parser.error(f"--hopfield-beta-from-spread needs a loss with a Hopfield step "
-                     f"({', '.join(settings.HOPFIELD_LOSSES)}), not --loss {args.loss}")
+    for flag, on in (("--hopfield-beta-from-spread", args.hopfield_beta_from_spread is not None),
+                     ("--hopfield-warmin", args.hopfield_warmin > 0),
+                     ("--learnable-hopfield-beta", args.learnable_hopfield_beta is not None)):
+        if on and args.loss not in settings.HOPFIELD_LOSSES:
+            parser.error(f"{flag} needs a loss with a Hopfield step ({', '.join(settings.HOPFIELD_LOSSES)}), "
+                         f"not --loss {args.loss}")
+    if args.learnable_hopfield_beta is not None and args.hopfield_beta_from_spread is not None:
+        parser.error("--learnable-hopfield-beta and --hopfield-beta-from-spread both set β: choose one")
+    if args.hopfield_warmin > 0 and args.skip_scheduler:
+        # The warm-in follows the step OpenCLIP hands its learning-rate schedule, which --skip-scheduler skips.
+        parser.error("--hopfield-warmin needs the learning-rate schedule: drop --skip-scheduler")
     if args.restart_cycles != 1 and args.lr_scheduler != COSINE_RESTARTS:
         parser.error(f"--restart-cycles needs --lr-scheduler {COSINE_RESTARTS}")
     if args.lr_scheduler == COSINE_RESTARTS:

@@ -1,14 +1,23 @@
-"""Learning-rate schedules CLOOB adds to OpenCLIP's (``cosine``, ``const``, ``const-cooldown``).
+"""Schedules CLOOB adds to OpenCLIP's: the learning rate's cosine restarts (beside ``cosine``,
+``const``, ``const-cooldown``) and the Hopfield warm-in's weight.
 
-A schedule follows OpenCLIP's convention: a factory taking the optimizer, the base learning rate,
-the warmup length and the total number of steps returns ``adjust(step) -> lr``, which also writes
-the rate into every parameter group.
+A learning-rate schedule follows OpenCLIP's convention: a factory taking the optimizer, the base
+learning rate, the warmup length and the total number of steps returns ``adjust(step) -> lr``, which
+also writes the rate into every parameter group.
 """
 import math
 from typing import Callable
 
 from open_clip_train.scheduler import _warmup_lr, assign_learning_rate
 from torch.optim import Optimizer
+
+
+def hopfield_warmin_weight(step: int, warmin_steps: int) -> float:
+    """The Hopfield weight λ of ``--hopfield-warmin`` at optimizer step ``step`` (0-based):
+    ``λ = min(1, step / warmin_steps)``; 1 (the paper's loss) when ``warmin_steps`` is 0."""
+    if warmin_steps < 0 or step < 0:
+        raise ValueError(f"step and warmin_steps must be >= 0, got {step} and {warmin_steps}")
+    return 1.0 if warmin_steps == 0 else min(1.0, step / warmin_steps)
 
 
 def cosine_restarts_lr(

@@ -47,17 +47,27 @@ def retrieval_score(result: Mapping[str, Any], sets: Mapping[str, Mapping[str, A
         (metrics[name]["text_retrieval_recall@1"] + metrics[name]["image_retrieval_recall@1"]) / 2 for name in names)
 
 
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Optional[Dict[str, float]]:
+    """The mean of the values and its t-interval: mean ± t_{(1+confidence)/2, n−1} · sd / √n (sd the sample
+    standard deviation), as ``{"mean", "low", "high", "n"}``. ``None`` for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    mean = statistics.mean(values)
+    half_width = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values)
+                       / math.sqrt(len(values)))
+    return {"mean": mean, "low": mean - half_width, "high": mean + half_width, "n": len(values)}
+
+
+def seed_differences(first: Mapping[int, float], second: Mapping[int, float]) -> Dict[int, float]:
+    """first[s] − second[s] for every seed s both have, by seed (ascending)."""
+    return {seed: first[seed] - second[seed] for seed in sorted(first.keys() & second.keys())}
+
+
 def paired_difference(first: Mapping[int, float], second: Mapping[int, float],
                       confidence: float = CONFIDENCE) -> Optional[Dict[str, float]]:
     """The mean of d_s = first[s] − second[s] over the seeds s both have, and its t-interval:
     d̄ ± t_{(1+confidence)/2, n−1} · sd(d) / √n. ``None`` for fewer than 2 common seeds."""
-    differences = [first[seed] - second[seed] for seed in sorted(first.keys() & second.keys())]
-    if len(differences) < 2:
-        return None
-    mean = statistics.mean(differences)
-    half_width = float(stats.t.ppf((1 + confidence) / 2, len(differences) - 1) * statistics.stdev(differences)
-                       / math.sqrt(len(differences)))
-    return {"mean": mean, "low": mean - half_width, "high": mean + half_width, "n": len(differences)}
+    return t_interval(list(seed_differences(first, second).values()), confidence)
 
 
 def decision(first: str, second: str, difference: Optional[Mapping[str, float]]) -> str:
@@ -72,8 +82,38 @@ def decision(first: str, second: str, difference: Optional[Mapping[str, float]])
     return "no difference shown"
 
 
-def _comparable(configs: Sequence[Sequence[Mapping[str, Any]]], loss: str) -> Dict[str, Sequence[Mapping[str, Any]]]:
-    """The configurations of ``loss`` (β the paper's or none), by their settings but the loss, β and seed."""
+def format_difference(difference: Optional[Mapping[str, float]], missing: str = "n/a") -> str:
+    """``mean [low, high] (n=k)`` of a :func:`paired_difference` (signed, 2 decimals); ``missing`` for ``None``."""
+    if difference is None:
+        return missing
+    return f"{difference['mean']:+.2f} [{difference['low']:+.2f}, {difference['high']:+.2f}] (n={difference['n']})"
+
+
+def image_effective_rank(result: Mapping[str, Any]) -> Optional[float]:
+    """The effective rank of the image embeddings of a run's final model (the plan's secondary metric for
+    the representation); ``None`` for a run without the analysis."""
+    return result["analysis"]["effective_rank_image"] if result["analysis"] else None
+
+
+def seed_scores(group: Sequence[Mapping[str, Any]], sets: Mapping[str, Mapping[str, Any]]
+                ) -> Tuple[Dict[int, float], Dict[int, float]]:
+    """The runs of one configuration by seed: their M (:func:`retrieval_score`) and their images'
+    effective rank (runs without the analysis left out)."""
+    ranks = {result["settings"]["seed"]: image_effective_rank(result) for result in group}
+    return ({result["settings"]["seed"]: retrieval_score(result, sets) for result in group},
+            {seed: rank for seed, rank in ranks.items() if rank is not None})
+
+
+def paired_scores(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]],
+                  sets: Mapping[str, Mapping[str, Any]]) -> List[Optional[Dict[str, float]]]:
+    """The :func:`paired_difference` A − B of two configurations' runs (A's, B's) in M and in the images'
+    effective rank."""
+    return [paired_difference(*scores) for scores in zip(seed_scores(first, sets), seed_scores(second, sets))]
+
+
+def plan_configs(configs: Sequence[Sequence[Mapping[str, Any]]], loss: str) -> Dict[str, Sequence[Mapping[str, Any]]]:
+    """The configurations of ``loss`` (β the paper's or none), by the :func:`config_key` of their settings
+    but the loss, β and seed."""
     found = {}
     for group in configs:
         settings = group[0]["settings"]
@@ -82,26 +122,26 @@ def _comparable(configs: Sequence[Sequence[Mapping[str, Any]]], loss: str) -> Di
     return found
 
 
+def planned_pairs(configs: Sequence[Sequence[Mapping[str, Any]]]
+                  ) -> List[Tuple[str, str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]]:
+    """Every planned comparison present: (A's loss, B's loss, A's runs, B's runs) for each two
+    configurations that differ in the loss only, in the order of :data:`PLANNED_COMPARISONS`."""
+    pairs = []
+    for first, second in PLANNED_COMPARISONS:
+        seconds = plan_configs(configs, second)
+        pairs += [(first, second, group, seconds[key]) for key, group in plan_configs(configs, first).items()
+                  if key in seconds]
+    return pairs
+
+
 def paired_table(configs: Sequence[Sequence[Mapping[str, Any]]], sets: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: every planned comparison present in the study, its paired difference in M and in the
     images' effective rank with their intervals, and the decision on M."""
     rows = []
-    for first, second in PLANNED_COMPARISONS:
-        seconds = _comparable(configs, second)
-        for key, first_group in _comparable(configs, first).items():
-            if key not in seconds:
-                continue
-            second_group = seconds[key]
-            cells = []
-            for score in (lambda r: retrieval_score(r, sets),
-                          lambda r: r["analysis"]["effective_rank_image"] if r["analysis"] else None):
-                by_seed = [{r["settings"]["seed"]: score(r) for r in group if score(r) is not None}
-                           for group in (first_group, second_group)]
-                cells.append(paired_difference(*by_seed))
-            interval = ["n/a" if d is None else f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
-                        for d in cells]
-            rows.append([f"{first} − {second}", first_group[0]["settings"]["steps"], *interval,
-                         decision(first, second, cells[0])])
+    for first, second, first_group, second_group in planned_pairs(configs):
+        cells = paired_scores(first_group, second_group, sets)
+        rows.append([f"{first} − {second}", first_group[0]["settings"]["steps"], *map(format_difference, cells),
+                     decision(first, second, cells[0])])
     if not rows:
         return "n/a: the study has no two configurations that differ in the loss only.\n"
     header = ["A − B", "steps", f"M: mean [{CONFIDENCE:.0%} interval]", "effective rank, images", "decision on M"]
