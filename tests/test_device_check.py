@@ -114,9 +114,10 @@ def _bash_array(name: str) -> list:
     return match[1].split()
 
 
-def test_carried_wheels_are_the_versions_tested_here():
-    pins = dict(pin.split("==") for pin in _bash_array("WHEELS"))
-    assert {name: importlib.metadata.version(name) for name in pins} == pins
+def test_carried_wheels_are_installed_here_so_their_versions_are_the_tested_ones():
+    # device_carry.sh pins each to the version installed in the project's environment.
+    names = _bash_array("WHEELS")
+    assert names and all(importlib.metadata.version(name) for name in names)
 
 
 def _needs(requirements, extras=("",)) -> set:
@@ -130,7 +131,7 @@ def _needs(requirements, extras=("",)) -> set:
 
 
 def test_carried_wheels_and_the_device_image_satisfy_every_dependency():
-    carried = {canonicalize_name(pin.split("==")[0]) for pin in _bash_array("WHEELS")}
+    carried = {canonicalize_name(name) for name in _bash_array("WHEELS")}
     provided = {canonicalize_name(name) for name in _bash_array("DEVICE_PROVIDES")}
     assert "torch" not in carried  # the machine's own build, never replaced
     needed = _needs(importlib.metadata.requires("open_clip_cloob"))

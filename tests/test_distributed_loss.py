@@ -74,8 +74,9 @@ def gather_features_without_use_horovod(image_features, text_features, local_los
     return gather_features(image_features, text_features, local_loss, gather_with_grad, rank, world_size)
 
 
-def _rank_run(rank, world_size, variant, path, mode):
-    """This rank's loss value and gradients (features, temperature) for one case."""
+def _rank_run(rank, world_size, variant, path, mode, log_betas=(), hopfield_weight=1.0):
+    """This rank's loss value and gradients (features, temperature, then each log β) for one case; with
+    ``log_betas`` the loss learns β from them (one per memory), with ``hopfield_weight`` it blends."""
     objective, hopfield, beta_from_spread = variant
     local_loss, gather_with_grad = mode
     image, text = _global_batch(world_size)
@@ -83,26 +84,12 @@ def _rank_run(rank, world_size, variant, path, mode):
     x = image[rows].clone().requires_grad_()
     y = text[rows].clone().requires_grad_()
     scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
+    log_betas = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in log_betas]
     loss_fn = CloobLoss(hopfield_beta=BETA, local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank,
                         world_size=world_size, memory_efficient=path == "chunked", objective=objective,
-                        hopfield=hopfield, beta_from_spread=beta_from_spread)
-    loss = loss_fn(x, y, scale)
-    loss.backward()
-    return loss.detach(), x.grad, y.grad, scale.grad
-
-
-def _rank_run_remedies(rank, world_size, path, mode):
-    """This rank's value and gradients (features, temperature, both log βs) with the remedies on."""
-    local_loss, gather_with_grad = mode
-    image, text = _global_batch(world_size)
-    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    x = image[rows].clone().requires_grad_()
-    y = text[rows].clone().requires_grad_()
-    scale = torch.tensor(INV_TAU, dtype=torch.float64, requires_grad=True)
-    log_betas = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in LOG_BETAS]
-    loss_fn = CloobLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size,
-                        memory_efficient=path == "chunked", hopfield_weight=HOPFIELD_WEIGHT)
-    loss_fn.learn_beta(*log_betas)
+                        hopfield=hopfield, beta_from_spread=beta_from_spread, hopfield_weight=hopfield_weight)
+    if log_betas:
+        loss_fn.learn_beta(*log_betas)
     loss = loss_fn(x, y, scale)
     loss.backward()
     return (loss.detach(), x.grad, y.grad, scale.grad, *(log_beta.grad for log_beta in log_betas))
@@ -132,7 +119,8 @@ def save_rank_results(rank, world_size, out_dir, **extra):
     cloob_loss_module.gather_features = gather_features
     for path in PATHS:
         for mode in MODES:
-            results[REMEDIES, path, mode] = _rank_run_remedies(rank, world_size, path, mode)
+            results[REMEDIES, path, mode] = _rank_run(rank, world_size, VARIANTS[0], path, mode, LOG_BETAS,
+                                                      HOPFIELD_WEIGHT)
     image, text = _global_batch(world_size)
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     loss_fn = CloobLoss(hopfield_beta=BETA, rank=rank, world_size=world_size)
