@@ -353,7 +353,7 @@ class _Batch(NamedTuple):
 
 
 def _retrieval_pairs(
-        batch: _Batch, betas: Tuple[float, float], chunk_size: Optional[int],
+        batch: _Batch, betas: Tuple[Beta, Beta], chunk_size: Optional[int],
         gather_candidates: Optional[Gather]) -> Pairs:
     """CLOOB's pairs ``(U_x, U_y), (V_y, V_x)``: the states' four Hopfield retrievals from the memory.
 
