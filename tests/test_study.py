@@ -229,11 +229,23 @@ def test_steps_must_fit_the_eval_points_and_a_csv(tmp_path):
 def test_documented_study_commands_use_existing_flags():
     known = set(_study_module().build_parser()._option_string_actions)
     text = (REPO / "docs" / "tooling.md").read_text().replace("\\\n", " ")
-    lines = [line.split("cloob_tools.study", 1)[1] for line in text.splitlines() if "python -m cloob_tools.study" in line]
+    lines = [line.split("cloob_tools.study", 1)[1] for line in text.splitlines() if "python -m cloob_tools.study " in line]
     # Quoted --extra-flags values are training.main's flags.
     flags = {flag for line in lines
              for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", re.sub(r'"[^"]*"', "", line.split("#")[0]))}
     assert len(lines) >= 4 and flags and flags <= known, flags - known
+
+
+def test_documented_contrasts_commands_use_existing_flags():
+    from cloob_tools.study import contrasts
+
+    known = set(contrasts.build_parser()._option_string_actions)
+    for path in (REPO / "docs" / "tooling.md", REPO / "docs" / "study" / "report.md"):
+        text = path.read_text().replace("\\\n", " ")
+        lines = [line.split("cloob_tools.study.contrasts", 1)[1] for line in text.splitlines()
+                 if "python -m cloob_tools.study.contrasts" in line]
+        flags = {flag for line in lines for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", line)}
+        assert lines and flags <= known, (path, flags - known)
 
 
 def test_study_width_variant_changes_only_the_embedding_width():

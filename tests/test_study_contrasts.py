@@ -110,7 +110,7 @@ def test_remedies_are_paired_with_the_same_loss_without_flags_and_described_agai
         ("cloob − clip", "batch 128, 1200 steps"), ("cloob − infoloob", "batch 128, 1200 steps")]
 
 
-def test_the_data_is_named_by_its_manifest_or_else_by_its_path(tmp_path):
+def test_the_data_is_named_by_its_manifest_or_else_by_its_path(tmp_path, monkeypatch):
     data = {"train_data": TRAIN_DATA}
     assert contrasts.data_label(tmp_path, data) == (str(tmp_path / TRAIN_DATA), None)
     (tmp_path / "data").mkdir()
@@ -120,6 +120,9 @@ def test_the_data_is_named_by_its_manifest_or_else_by_its_path(tmp_path):
     assert contrasts.data_label(Path("elsewhere"), outside) == ("corpus, 90 % template captions", 0.9)
     (tmp_path / "data" / "manifest.json").write_text(json.dumps({"train_data": "train/x.tar"}))  # no share
     assert contrasts.data_label(tmp_path, data) == (str(tmp_path / TRAIN_DATA), None)
+    assert contrasts.data_label(Path("elsewhere"), outside) == (outside["train_data"], None)
+    monkeypatch.chdir(tmp_path)  # an absolute path below the working directory is named relative to it
+    assert contrasts.data_label(Path("elsewhere"), outside) == ("data/train/a.tar::other/b.tar", None)
 
 
 def write_study(folder, results, share):
@@ -182,4 +185,10 @@ def test_the_corpus_study_gives_the_loss_comparisons_of_its_report(tmp_path):
     for number, (name, primary, secondary, decided) in enumerate(rows, start=1):
         assert (f"| corpus-plan.md {number} | {name} | {label} | batch 128, 1200 steps | {primary} | {secondary} "
                 f"| {decided} |") in text
-    assert text.count("| corpus-plan.md ") == 6 and "python -m cloob_tools.study --data study-corpus" in text
+    assert "python -m cloob_tools.study --data study-corpus" in text
+    # The same folder's batch-size axis and remedies (docs/study/report.md quotes these rows).
+    assert f"| corpus-plan.md 7 | (cloob − clip) at batch 512, 300 steps − (cloob − clip) at batch 128, 1200 steps " \
+           f"| {label} | batch 512 vs 128, 300 vs 1200 steps | -0.08 [-6.69, +6.53] (n=3) |" in text
+    assert f"| remedies-plan.md | cloob β=8 --hopfield-warmin 600 − cloob β=8 | {label} | batch 128, 1200 steps " \
+           "| +3.51 [+0.05, +6.97] (n=3) | +13.43 [+7.13, +19.73] (n=3) | cloob β=8 --hopfield-warmin 600 beats " \
+           "cloob β=8 |" in text

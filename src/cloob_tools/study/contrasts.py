@@ -101,14 +101,18 @@ def manifest_path(folder: Path, data: Mapping[str, Any]) -> Path:
 
 def data_label(folder: Path, data: Mapping[str, Any]) -> Tuple[str, Optional[float]]:
     """The name of a run's data and its share of template captions: ``corpus, P % template captions``
-    when its manifest has ``fashion_share``, else the training data's path (inside ``folder`` when relative)."""
+    when its manifest has ``fashion_share``, else the training data's path (inside ``folder`` when relative;
+    an absolute path below the working directory relative to it)."""
     path = manifest_path(folder, data)
     if path.is_file():
         share = json.loads(path.read_text(encoding="utf-8")).get("fashion_share")
         if share is not None:
             return f"corpus, {100 * share:g} % template captions", float(share)
     train_data = data["train_data"]
-    return (train_data if Path(train_data.split("::")[0]).is_absolute() else str(folder / train_data)), None
+    if not Path(train_data.split("::")[0]).is_absolute():
+        return str(folder / train_data), None
+    # Data outside the study folder, named from the working directory when it lies below it.
+    return train_data.replace(f"{Path.cwd()}{os.sep}", ""), None
 
 
 def labelled(result: Mapping[str, Any], folder: Path, label: str, share: Optional[float]) -> Dict[str, Any]:
