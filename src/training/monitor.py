@@ -45,7 +45,7 @@ COLLAPSE_TAG = "train/collapse_warning"
 # What a collapsed run can try, from docs/study/ (where each was measured).
 COLLAPSE_ADVICE = ("a longer --warmup (the collapse starts in the first steps at full learning rate), a lower "
                    "--lr, or --hopfield-beta-from-spread 2 (β set from the batch's similarity spread, an "
-                   "opt-in remedy); see docs/study/report.md")
+                   "opt-in remedy); see docs/study/earlier-report.md")
 
 
 def is_logging_step(step_in_epoch: int, steps_per_epoch: int, log_every_n_steps: int) -> bool:
