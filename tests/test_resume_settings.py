@@ -29,8 +29,8 @@ from training.params import cloob_settings, parse_args
 from training.reliability import (PREEMPTED_EXIT_CODE, RESUME_KEY, ChangedSettingsError, changed_settings,
                                   resumed_settings_history)
 
-SETTINGS = {"loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "init_inv_tau": 30.0,
-            "learnable_inv_tau": False, "restart_cycles": 1}
+SETTINGS = {"loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "hopfield_warmin": 0,
+            "learnable_hopfield_beta": None, "init_inv_tau": 30.0, "learnable_inv_tau": False, "restart_cycles": 1}
 
 
 def _checkpoint(settings: Dict, **entries) -> Dict:
@@ -78,7 +78,8 @@ def test_checkpoints_of_earlier_versions_are_checked_where_they_can_be(caplog):
     with caplog.at_level(logging.INFO):
         assert resumed_settings_history(legacy, "legacy.pt", {**SETTINGS, "hopfield_beta": 14.3}, False) == []
         assert resumed_settings_history({"epoch": 1, "state_dict": {}}, "openclip.pt", SETTINGS, False) == []
-    assert "legacy.pt does not record hopfield_beta_from_spread, init_inv_tau" in caplog.text
+    assert ("legacy.pt does not record hopfield_beta_from_spread, hopfield_warmin, learnable_hopfield_beta, "
+            "init_inv_tau") in caplog.text
     assert "openclip.pt records no CLOOB settings: the command line's are not checked against it" in caplog.text
 
 

@@ -92,8 +92,8 @@ def test_checkpoint_records_the_settings_and_keeps_the_frozen_temperature(tiny_c
     latest = torch.load(checkpoints / "epoch_latest.pt", map_location="cpu", weights_only=True)
     assert latest["epoch"] == LEARNING_EPOCHS
     assert latest["cloob"] == {
-        "loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "init_inv_tau": 30.0,
-        "learnable_inv_tau": False, "restart_cycles": 1}
+        "loss": "cloob", "hopfield_beta": 8.0, "hopfield_beta_from_spread": None, "hopfield_warmin": 0,
+        "learnable_hopfield_beta": None, "init_inv_tau": 30.0, "learnable_inv_tau": False, "restart_cycles": 1}
     assert "cloob" not in latest["optimizer"]  # the settings are a top-level entry, not optimizer state
     assert latest["state_dict"]["logit_scale"].item() == pytest.approx(math.log(30.0))
     assert torch.equal(torch.load(checkpoints / f"epoch_{LEARNING_EPOCHS}.pt", weights_only=True)["state_dict"]
