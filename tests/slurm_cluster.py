@@ -2,9 +2,11 @@
 
 :class:`SlurmCluster` runs Debian's SLURM 22.05 daemons as root, each in the foreground under the
 test process: ``munged`` with its own key and socket, ``slurmctld`` and ``slurmd`` with a
-``slurm.conf`` of their own (``SLURM_CONF``) on two free ports. Every key, state, spool, pid and log
-file lies under the cluster's folder; the machine's own ``/etc/slurm`` and ``/run/munge`` are never
-used. :meth:`SlurmCluster.stop` cancels the jobs, stops the daemons by pid, kills any process a
+``slurm.conf`` of their own (``SLURM_CONF``) on two free ports. Every key, state, pid and log file
+lies under the cluster's folder; the folders that hold Unix sockets (munged's, and slurmd's spool,
+where slurmstepd makes one per job step) lie in a short private temporary folder instead, because a
+socket's path may not exceed 108 bytes and pytest's temporary paths grow with its run counter and
+worker. The machine's own ``/etc/slurm`` and ``/run/munge`` are never used. :meth:`SlurmCluster.stop` cancels the jobs, stops the daemons by pid, kills any process a
 job left behind and fails if one survives.
 
 The configuration is a plain single-node one (``proctrack/linuxproc``, ``task/none``, no
@@ -30,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +118,8 @@ class SlurmCluster:
         self.conf = root / "slurm.conf"
         self.logs = root / "log"
         self.host = socket.gethostname().split(".")[0]
-        self.munge_socket = root / "munge" / "munge.socket"
+        # Made by start() (tempfile.mkdtemp: private to this user), deleted by stop().
+        self.sockets: Optional[Path] = None
         self.controller_addr = "127.0.0.1"  # where slurmd and the clients reach slurmctld
         self.nodes: List[str] = [self.host]
         self._daemons: Dict[str, subprocess.Popen] = {}
@@ -137,7 +141,7 @@ class SlurmCluster:
             "SlurmdUser": "root",
             "StateSaveLocation": self.root / "state",
             # %n: the node's name, so that the slurmd of each node keeps its own files.
-            "SlurmdSpoolDir": self.root / "spool" / "%n",
+            "SlurmdSpoolDir": self.sockets / "spool" / "%n",
             "SlurmctldPidFile": self.root / "slurmctld.pid",
             "SlurmdPidFile": self.root / "slurmd-%n.pid",
             "SlurmctldLogFile": self.logs / "slurmctld.log",
@@ -163,9 +167,16 @@ class SlurmCluster:
         """The ``NodeName=`` lines: this machine, on loopback."""
         return [f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} State=UNKNOWN"]
 
+    @property
+    def munge_socket(self) -> Path:
+        """munged's socket, which the clients and daemons authenticate through."""
+        return self.sockets / "munge.socket"
+
     def _write_config(self) -> None:
-        for folder in ("munge", "state", "log", *(f"spool/{node}" for node in self.nodes)):
-            (self.root / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.sockets = Path(tempfile.mkdtemp(prefix="cloob-slurm-"))
+        for folder in (self.root / "munge", self.root / "state", self.logs, *(self.sockets / "spool" / node
+                                                                           for node in self.nodes)):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
@@ -287,7 +298,8 @@ class SlurmCluster:
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
                 continue
             try:
-                inside = Path(os.readlink(proc / "cwd")).is_relative_to(self.root)
+                cwd = Path(os.readlink(proc / "cwd"))
+                inside = any(cwd.is_relative_to(folder) for folder in (self.root, self.sockets) if folder)
                 if inside or marker in (proc / "environ").read_bytes().split(b"\0"):
                     found.append(int(proc.name))
             except (OSError, ValueError):  # gone meanwhile, or a kernel thread
@@ -301,7 +313,11 @@ class SlurmCluster:
                 self._cancel_jobs()
         finally:
             self._stop_daemons()
-            self._kill_leftovers()
+            try:
+                self._kill_leftovers()
+            finally:
+                if self.sockets is not None:
+                    shutil.rmtree(self.sockets, ignore_errors=True)
 
     def _cancel_jobs(self) -> None:
         jobs = self.command("squeue", "-h", "-o", "%A", check=False).split()

@@ -210,3 +210,18 @@ def test_cc3m_recipe_validates_on_its_val_data(cluster, jobs):
     job = jobs["cc3m"]
     _wait_completed(cluster, job)
     assert "cloob_val_loss" in read_text(job.run / "checkpoints" / "results.jsonl")
+
+
+def test_the_clusters_socket_paths_stay_short_under_a_deep_folder(tmp_path):
+    # A Unix socket's path may not exceed 108 bytes; slurmstepd makes one per job step in slurmd's
+    # spool folder, named <node>_<job>.<step> (a batch step is 4294967291).
+    deep = SlurmCluster(tmp_path / ("d" * 100) / ("e" * 100))
+    deep._write_config()
+    try:
+        spool = str(deep._settings()["SlurmdSpoolDir"]).replace("%n", deep.host)
+        longest_step_socket = f"{spool}/{deep.host}_{10 ** 9}.4294967291"
+        assert len(longest_step_socket.encode()) <= 108 and len(str(deep.munge_socket).encode()) <= 108
+        assert Path(spool).is_dir() and str(deep.root) in (deep.root / "slurm.conf").read_text()
+    finally:
+        deep.stop()
+    assert not deep.sockets.exists()

@@ -263,9 +263,7 @@ def _running(pid: int) -> bool:
 
 
 def test_the_cluster_leaves_nothing_behind_after_a_failing_test(cluster, tmp_path):
-    # A short folder name: slurmstepd's socket path under it must stay within 108 bytes, and pytest's
-    # temporary path grows with its run counter and the xdist worker (109 bytes broke the job here).
-    other = TwoNodeCluster(tmp_path / "o")
+    other = TwoNodeCluster(tmp_path / "other")
     other.start()
     started = time.monotonic()
     pids = []
