@@ -160,7 +160,7 @@ def test_a_resumed_run_keeps_its_settings_unless_allowed_and_wandb_shows_the_res
         tmp_path, fashion_mnist_data, tiny_model_config):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb"),
            "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
-           "WANDB_SILENT": "true"}
+           "WANDB_SILENT": "true", "TMPDIR": str(tmp_path)}  # wandb leaves its temporary folders behind
     argv = small_csv_argv(tmp_path, "run", fashion_mnist_data, "--epochs", "1", "--save-every-n-steps", "10",
                           "--report-to", "wandb,tensorboard", "--wandb-project-name", "cloob-test")
     run, log = tmp_path / "run", tmp_path / "run.stdout"
