@@ -17,7 +17,7 @@ from cloob_tools.data import (CAPTION_TEMPLATES, FASHION_MNIST_CLASSES, load_fas
 from open_clip_cloob.analysis import METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-PLOTS = ("loss_curves.png", "zeroshot_curves.png", "final.png")
+PLOTS = ("loss_curves.png", "zeroshot_curves.png", "final.png", "retrieval_score.png")
 
 
 def _study_module():
@@ -129,6 +129,11 @@ def test_report_has_plots_tables_and_the_commands(smoke_study):
     assert f"| cloob β=8 | 4 | 0 | {top1:.1f} (n=1) |" in text and f"{rank:.2f} (n=1)" in text
     assert "](diagnostics.png)" in text and "n/a: no run logged" not in text
     assert "python -m cloob_tools.study " + " ".join(smoke_study["argv"][:2]) in text
+    # M during training: the one retrieval set's ½ (image→text + text→image R@1) at each eval point.
+    scores = [50 * (point["metrics"]["fashion_captions"]["image_retrieval_recall@1"]
+                    + point["metrics"]["fashion_captions"]["text_retrieval_recall@1"])
+              for point in runs["cloob"]["zeroshot"]]
+    assert f"| cloob β=8 | 0 | 2, 4 | {scores[0]:.2f}, {scores[1]:.2f} |" in text
 
 
 @pytest.mark.slow
@@ -275,6 +280,23 @@ def test_paired_difference_is_the_mean_of_the_seed_differences_with_its_t_interv
         "cloob beats clip"
     assert decision("a", "b", paired_difference({0: 1.0, 1: -1.0}, {0: 0.0, 1: 0.0})) == "no difference shown"
     assert paired_difference({0: 1.0}, {0: 0.0}) is None and decision("a", "b", None).startswith("n/a")
+
+
+def test_the_retrieval_score_during_training_is_the_mean_over_seeds_at_each_eval_point():
+    from cloob_tools.study.report import retrieval_curve_table
+
+    sets = {"names": {"task": "zeroshot_retrieval"}, "groups": {"task": "zeroshot_classification"}}
+
+    def run(seed, recalls):
+        return {"settings": {"seed": seed}, "zeroshot": [
+            {"step": 50 * (index + 1), "metrics": {"names": {"text_retrieval_recall@1": recall,
+                                                             "image_retrieval_recall@1": recall / 2},
+                                                   "groups": {"acc1": 0.9}}}
+            for index, recall in enumerate(recalls)]}
+
+    # M = 100 · (r + r/2) / 2 = 75 r: seed 0 gives 7.5 and 15, seed 1 22.5 and 30.
+    table = retrieval_curve_table([[run(0, [0.1, 0.2]), run(1, [0.3, 0.4])]], ["cloob"], sets)
+    assert "| cloob | 0,1 | 50, 100 | 15.00, 22.50 |" in table
 
 
 def test_the_report_decides_the_planned_comparisons_on_the_retrieval_score():

@@ -41,6 +41,20 @@ def plot_zero_shot(configs, labels, colors, metrics, sets, path: Path) -> str:
     return save_figure(figure, path)
 
 
+def plot_retrieval_score(curves, labels, colors, path: Path) -> str:
+    """The plan's primary metric M against the step, one band per configuration; ``curves`` holds, per
+    configuration, the ``(steps, values)`` of each of its runs."""
+    figure, (axis,) = panel_grid(1, 1, (7.5, 4.8))
+    for group_curves, label, color in zip(curves, labels, colors):
+        plot_band(axis, group_curves, label, color, marker="o")
+    axis.set_title("M: mean over the retrieval sets of ½ (image→text + text→image R@1)", fontsize=10)
+    axis.set_xlabel("step")
+    axis.set_ylabel("%")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
 def plot_diagnostics(configs, labels, colors, keys, path: Path) -> str:
     """The Hopfield diagnostics of the training batches against the step, one panel per diagnostic."""
     figure, axes = panel_grid(len(keys), 4, (4.2, 3.2))

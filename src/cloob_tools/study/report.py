@@ -19,7 +19,7 @@ from ..results import first_warning_step
 from ..zeroshot import zero_shot_metrics
 from .plan import PROG, config_key
 from .plots import (beta_sweeps, final_columns, final_values, plot_beta_sweeps, plot_diagnostics, plot_final,
-                    plot_learning_curves, plot_zero_shot)
+                    plot_learning_curves, plot_retrieval_score, plot_zero_shot)
 from .runner import write_json
 
 # What training.main logs on logging steps (tensorboard, training.monitor): the Hopfield diagnostics of
@@ -38,10 +38,10 @@ PLANNED_COMPARISONS: Tuple[Tuple[str, str], ...] = (
 CONFIDENCE = 0.95
 
 
-def retrieval_score(result: Mapping[str, Any], sets: Mapping[str, Mapping[str, Any]]) -> float:
+def retrieval_score(result: Mapping[str, Any], sets: Mapping[str, Mapping[str, Any]], point: int = -1) -> float:
     """The plan's primary metric M of one run, in %: the mean over the retrieval sets of
-    ½ (image→text R@1 + text→image R@1) at the run's last eval point."""
-    metrics = result["zeroshot"][-1]["metrics"]
+    ½ (image→text R@1 + text→image R@1) at the run's eval point ``point`` (default: the last)."""
+    metrics = result["zeroshot"][point]["metrics"]
     names = [name for name, spec in sets.items() if spec["task"] == "zeroshot_retrieval"]
     return 100 * statistics.mean(
         (metrics[name]["text_retrieval_recall@1"] + metrics[name]["image_retrieval_recall@1"]) / 2 for name in names)
@@ -148,6 +148,28 @@ def paired_table(configs: Sequence[Sequence[Mapping[str, Any]]], sets: Mapping[s
     return markdown_table(header, rows, "lrrrl") + "\n"
 
 
+def retrieval_curves(group: Sequence[Mapping[str, Any]], sets: Mapping[str, Mapping[str, Any]]
+                     ) -> List[Tuple[List[int], List[float]]]:
+    """M (:func:`retrieval_score`) during training: ``(steps, values)`` of each run of one configuration,
+    one value per eval point."""
+    return [([point["step"] for point in result["zeroshot"]],
+             [retrieval_score(result, sets, index) for index in range(len(result["zeroshot"]))]) for result in group]
+
+
+def retrieval_curve_table(configs: Sequence[Sequence[Mapping[str, Any]]], labels: Sequence[str],
+                          sets: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: one row per configuration, M at each of its eval points, mean over its runs (one per seed)."""
+    rows = []
+    for group, label in zip(configs, labels):
+        curves = retrieval_curves(group, sets)
+        steps = curves[0][0]
+        means = [statistics.mean(values[index] for _, values in curves) for index in range(len(steps))]
+        rows.append([label, ",".join(str(r["settings"]["seed"]) for r in group), ", ".join(map(str, steps)),
+                     ", ".join(f"{mean:.2f}" for mean in means)])
+    return markdown_table(["configuration", "seeds", "eval steps", "M at each eval point (mean over seeds)"], rows,
+                          "llrr") + "\n"
+
+
 def fmt_cell(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
     """``mean ± sample std (n=k)`` of the values given; ``n/a`` for none."""
     values = [scale * value for value in values if value is not None]
@@ -232,6 +254,12 @@ def data_section(index: int, results: Sequence[Mapping[str, Any]], report: Path)
         "zeroshot": plot_zero_shot(configs, labels, colors, metrics, sets, report / f"zeroshot_curves{suffix}.png"),
         "final": plot_final(configs, labels, colors, metrics, sets, report / f"final{suffix}.png"),
     }
+    if any(spec["task"] == "zeroshot_retrieval" for spec in sets.values()):
+        plot = plot_retrieval_score([retrieval_curves(group, sets) for group in configs], labels, colors,
+                                    report / f"retrieval_score{suffix}.png")
+        primary = (f"{retrieval_curve_table(configs, labels, sets)}\n![M during training]({plot})\n")
+    else:
+        primary = "n/a: the data has no retrieval set.\n"
     keys = [key for key in DIAGNOSTICS if any(key in r["diagnostics"] for r in results)]
     keys += sorted({key for r in results for key in r["diagnostics"]} - set(keys))
     if keys:
@@ -264,7 +292,9 @@ point; per seed d = A − B; the interval is d̄ ± t · sd(d)/√n. A beats B w
 above 0, B beats A when below.
 
 {paired_table(configs, sets)}
-{sweep}
+### M during training (line = mean over seeds, band = min–max)
+
+{primary}{sweep}
 ### Learning curves (training loss; line = mean over seeds, band = min–max)
 
 ![learning curves]({plots['loss']})
