@@ -283,7 +283,7 @@ def test_paired_difference_is_the_mean_of_the_seed_differences_with_its_t_interv
 
 
 def test_the_retrieval_score_during_training_is_the_mean_over_seeds_at_each_eval_point():
-    from cloob_tools.study.report import retrieval_curve_table
+    from cloob_tools.study.report import retrieval_curve_table, retrieval_curves
 
     sets = {"names": {"task": "zeroshot_retrieval"}, "groups": {"task": "zeroshot_classification"}}
 
@@ -295,7 +295,8 @@ def test_the_retrieval_score_during_training_is_the_mean_over_seeds_at_each_eval
             for index, recall in enumerate(recalls)]}
 
     # M = 100 · (r + r/2) / 2 = 75 r: seed 0 gives 7.5 and 15, seed 1 22.5 and 30.
-    table = retrieval_curve_table([[run(0, [0.1, 0.2]), run(1, [0.3, 0.4])]], ["cloob"], sets)
+    group = [run(0, [0.1, 0.2]), run(1, [0.3, 0.4])]
+    table = retrieval_curve_table([group], ["cloob"], [retrieval_curves(group, sets)])
     assert "| cloob | 0,1 | 50, 100 | 15.00, 22.50 |" in table
 
 

@@ -157,13 +157,13 @@ def retrieval_curves(group: Sequence[Mapping[str, Any]], sets: Mapping[str, Mapp
 
 
 def retrieval_curve_table(configs: Sequence[Sequence[Mapping[str, Any]]], labels: Sequence[str],
-                          sets: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: one row per configuration, M at each of its eval points, mean over its runs (one per seed)."""
+                          curves: Sequence[Sequence[Tuple[List[int], List[float]]]]) -> str:
+    """Markdown: one row per configuration, M at each of its eval points, mean over its runs (one per seed);
+    ``curves`` are the configurations' :func:`retrieval_curves`."""
     rows = []
-    for group, label in zip(configs, labels):
-        curves = retrieval_curves(group, sets)
-        steps = curves[0][0]
-        means = [statistics.mean(values[index] for _, values in curves) for index in range(len(steps))]
+    for group, label, group_curves in zip(configs, labels, curves):
+        steps = group_curves[0][0]
+        means = [statistics.mean(values[index] for _, values in group_curves) for index in range(len(steps))]
         rows.append([label, ",".join(str(r["settings"]["seed"]) for r in group), ", ".join(map(str, steps)),
                      ", ".join(f"{mean:.2f}" for mean in means)])
     return markdown_table(["configuration", "seeds", "eval steps", "M at each eval point (mean over seeds)"], rows,
@@ -255,9 +255,9 @@ def data_section(index: int, results: Sequence[Mapping[str, Any]], report: Path)
         "final": plot_final(configs, labels, colors, metrics, sets, report / f"final{suffix}.png"),
     }
     if any(spec["task"] == "zeroshot_retrieval" for spec in sets.values()):
-        plot = plot_retrieval_score([retrieval_curves(group, sets) for group in configs], labels, colors,
-                                    report / f"retrieval_score{suffix}.png")
-        primary = (f"{retrieval_curve_table(configs, labels, sets)}\n![M during training]({plot})\n")
+        curves = [retrieval_curves(group, sets) for group in configs]
+        plot = plot_retrieval_score(curves, labels, colors, report / f"retrieval_score{suffix}.png")
+        primary = f"{retrieval_curve_table(configs, labels, curves)}\n![M during training]({plot})\n"
     else:
         primary = "n/a: the data has no retrieval set.\n"
     keys = [key for key in DIAGNOSTICS if any(key in r["diagnostics"] for r in results)]
