@@ -66,7 +66,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     Each module goes to one worker as a whole (its fixtures run once), in the order of the items: the
     SLURM jobs first (they wait on slurmctld while the other worker computes), then the modules with
     end-to-end runs (``slow``), then the fast ones, which fill the gaps at the end
-    (:func:`schedule_rank`; tests/test_suite_order.py checks the result).
+    (:func:`schedule_rank`; tests/test_conftest.py checks the result).
     """
     if not torch.cuda.is_available():
         for item in items:
@@ -130,11 +130,35 @@ def small_csv_argv(logs: Path, name: str, data: Dict[str, object], *flags: str) 
         "--epochs", "2", "--lr", "1e-3", "--warmup", "5", "--log-every-n-steps", "1", *flags)
 
 
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FIRST_TEST_PORT = 15000
+_issued_ports: set = set()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now (for a rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to now, below the kernel's ephemeral range (for a
+    rendezvous or a daemon's port).
+
+    Not ``bind(0)``: that port lies in the ephemeral range, where the next process to connect or listen
+    anywhere (srun, torchrun, a daemon) may take it before the job binds it; srun once did, and a rank
+    waited on srun's socket until the test timed out. Below the range only explicit binds compete, so
+    each pytest-xdist worker takes its own residue class, and a process never issues a port twice.
+    """
+    low = int(EPHEMERAL_PORT_RANGE.read_text().split()[0]) if EPHEMERAL_PORT_RANGE.exists() else 32768
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for port in range(FIRST_TEST_PORT + worker, low, workers):
+        if port in _issued_ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _issued_ports.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in [{FIRST_TEST_PORT}, {low}) for xdist worker {worker} of {workers} "
+                       f"(the ephemeral range starts at {low}, from {EPHEMERAL_PORT_RANGE})")
 
 
 def launch(
@@ -243,7 +267,7 @@ def tiny_cloob_run(tmp_path_factory, fashion_mnist_data, imagenet_style_folder, 
     It is the suite's one run with ``--imagenet-val``: OpenCLIP builds its 1000-class classifier
     from 80 prompts per class (about 40 s of CPU for the tiny model), whatever the folder holds.
     Only test_training_e2e.py may use it: each pytest-xdist worker would train its own copy
-    (tests/test_suite_order.py checks).
+    (tests/test_conftest.py checks).
     """
     logs = tmp_path_factory.mktemp("runs")
     argv = training_argv(

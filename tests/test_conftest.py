@@ -1,8 +1,12 @@
-"""The order tests/conftest.py gives the collected tests for the two pytest-xdist workers
-(``--dist loadfile``: a module goes to one worker as a whole, in the order of the items)."""
+"""The suite's own machinery in tests/conftest.py: the order it gives the collected tests for the two
+pytest-xdist workers (``--dist loadfile``: a module goes to one worker as a whole, in the order of the
+items), and the ports it hands out for rendezvous and daemons."""
+import socket
 from itertools import groupby
 
-from conftest import schedule_rank
+import pytest
+
+from conftest import EPHEMERAL_PORT_RANGE, FIRST_TEST_PORT, free_port, schedule_rank
 
 
 def test_each_module_runs_as_one_block_slurm_first_then_slow_then_fast(request):
@@ -18,3 +22,21 @@ def test_one_module_trains_the_shared_learning_run(request):
     # tiny_cloob_run is a session fixture: a second module using it trains it again on the other worker.
     users = {item.path.name for item in request.session.items if "tiny_cloob_run" in getattr(item, "fixturenames", ())}
     assert users <= {"test_training_e2e.py"}, users
+
+
+def test_free_ports_lie_below_the_ephemeral_range_are_bindable_and_never_repeat(monkeypatch):
+    if not EPHEMERAL_PORT_RANGE.exists():
+        pytest.skip(f"{EPHEMERAL_PORT_RANGE} is absent: not Linux")
+    low = int(EPHEMERAL_PORT_RANGE.read_text().split()[0])
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    first = free_port()
+    with socket.socket() as taken:  # the next port of this worker's class, bound elsewhere: passed over
+        taken.bind(("127.0.0.1", first + 2))
+        ports = [first] + [free_port() for _ in range(4)]
+    assert first + 2 not in ports, ports
+    assert len(set(ports)) == len(ports), ports
+    assert all(FIRST_TEST_PORT <= port < low and port % 2 == (FIRST_TEST_PORT + 1) % 2 for port in ports), ports
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

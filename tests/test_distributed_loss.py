@@ -22,7 +22,6 @@ warm-in, whose β gradients average over the ranks (as DDP averages them) to the
 import functools
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -32,6 +31,7 @@ from open_clip.loss import gather_features
 
 import open_clip_cloob.loss as cloob_loss_module
 from cloob_reference import reference_cloob, reference_hopfield_diagnostics, reference_spread, unit_rows
+from conftest import free_port
 from open_clip_cloob import CloobLoss
 
 # objective, hopfield, beta_from_spread (each memory's β from the global batch's spread)
@@ -128,12 +128,6 @@ def save_rank_results(rank, world_size, out_dir, **extra):
     torch.save({**results, **extra}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @functools.lru_cache(maxsize=None)
 def _single_process(world_size, variant, anchor_indices=None):
     """The float64 reference's value and gradients (features, temperature) on the global batch."""
@@ -169,7 +163,7 @@ def distributed_run(request, tmp_path_factory):
     world_size = request.param
     out_dir = tmp_path_factory.mktemp(f"world{world_size}")
     # The forkserver preloads what conftest's training_process sets (torch, OpenCLIP, this package).
-    mp.start_processes(_worker, args=(world_size, _free_port(), str(out_dir)), nprocs=world_size, join=True,
+    mp.start_processes(_worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size, join=True,
                        start_method="forkserver")
     ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(world_size)]
     return world_size, ranks
