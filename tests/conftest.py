@@ -135,6 +135,11 @@ FIRST_TEST_PORT = 15000
 _issued_ports: set = set()
 
 
+def first_ephemeral_port() -> int:
+    """The low end of the kernel's ephemeral port range (Linux's default where it cannot be read)."""
+    return int(EPHEMERAL_PORT_RANGE.read_text().split()[0]) if EPHEMERAL_PORT_RANGE.exists() else 32768
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing is bound to now, below the kernel's ephemeral range (for a
     rendezvous or a daemon's port).
@@ -144,7 +149,7 @@ def free_port() -> int:
     waited on srun's socket until the test timed out. Below the range only explicit binds compete, so
     each pytest-xdist worker takes its own residue class, and a process never issues a port twice.
     """
-    low = int(EPHEMERAL_PORT_RANGE.read_text().split()[0]) if EPHEMERAL_PORT_RANGE.exists() else 32768
+    low = first_ephemeral_port()
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     for port in range(FIRST_TEST_PORT + worker, low, workers):
