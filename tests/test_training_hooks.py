@@ -13,11 +13,11 @@ from training import openclip_hooks
 from training.data_checks import BadSampleCounter, WebdatasetSampleCheck
 from training.openclip_hooks import CALLED, HOOKS, install_hooks
 from training.params import parse_args
-from training.reliability import PREEMPTION_SIGNALS
+from training.reliability import PREEMPTION_SIGNALS, init_process_group_with_timeouts
 
 # The names replaced only while OpenCLIP builds a webdataset pipeline (openclip_hooks._while_building_webdataset).
 WHILE_BUILDING_WEBDATASET = {hook.name for hook in HOOKS if hook.caller == "open_clip_train.data.get_wds_dataset"}
-# The names replaced only while OpenCLIP initialises the process group (openclip_hooks._process_group_timeout).
+# The names replaced only while OpenCLIP initialises the process group (openclip_hooks._process_group_timeouts).
 WHILE_INITIALISING = {hook.name for hook in HOOKS
                       if hook.caller == "open_clip_train.distributed.init_distributed_device_so"}
 
@@ -118,19 +118,21 @@ def test_openclip_works_on_the_one_run_configuration(hooked_modules):
     assert run.args is args and modules["open_clip_train.main"].parse_args(["--model", "RN50"]) is args
 
 
-def test_dist_timeout_reaches_init_process_group_only_while_openclip_initialises(hooked_modules):
+def test_the_timeouts_reach_init_process_group_only_while_openclip_initialises(hooked_modules):
     modules, before = hooked_modules
-    with openclip_hooks._process_group_timeout(7.5):
+    with openclip_hooks._process_group_timeouts(60, 7.5):
         replaced = torch.distributed.init_process_group
         assert _rebound(modules, before) == {("torch.distributed", name) for name in WHILE_INITIALISING}
-    assert replaced.keywords == {"timeout": datetime.timedelta(seconds=7.5)}
+    assert replaced.func is init_process_group_with_timeouts
+    assert replaced.keywords == {"join_timeout": datetime.timedelta(seconds=60),
+                                 "timeout": datetime.timedelta(seconds=7.5)}
     assert _rebound(modules, before) == set() and WHILE_INITIALISING == {"init_process_group"}
-    with openclip_hooks._process_group_timeout(None):  # no --dist-timeout: torch's default
+    with openclip_hooks._process_group_timeouts(None, None):  # neither flag: torch's defaults
         assert _rebound(modules, before) == set()
 
 
 class _Recorded:
-    """Stands in for torch.distributed.init_process_group and PeerWatch; records their arguments."""
+    """Stands in for init_process_group_with_timeouts and PeerWatch; records their arguments."""
 
     def __init__(self) -> None:
         self.calls = []
@@ -143,8 +145,8 @@ class _Recorded:
         return "watch"
 
 
-def test_a_slurm_task_initialises_the_process_group_with_ranks_from_slurm_and_the_timeout(hooked_modules,
-                                                                                         monkeypatch):
+def test_a_slurm_task_initialises_the_process_group_with_ranks_from_slurm_and_the_timeouts(hooked_modules,
+                                                                                          monkeypatch):
     # Task 3 of 4, the second on its node, as srun starts it (no torchrun variables).
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -153,14 +155,15 @@ def test_a_slurm_task_initialises_the_process_group_with_ranks_from_slurm_and_th
     monkeypatch.setenv("SLURM_NTASKS", "4")
     modules, _ = hooked_modules
     recorded = _Recorded()
-    monkeypatch.setattr(openclip_hooks, "_torch_init_process_group", recorded)
+    monkeypatch.setattr(openclip_hooks, "init_process_group_with_timeouts", recorded)
     monkeypatch.setattr(openclip_hooks, "PeerWatch", recorded)
-    args = parse_args(["--model", "RN50-cloob", "--device", "cpu", "--dist-timeout", "12.5"])
+    args = parse_args(["--model", "RN50-cloob", "--device", "cpu", "--dist-timeout", "12.5",
+                       "--dist-join-timeout", "300"])
     run = install_hooks(args)
     modules["open_clip_train.main"].init_distributed_device(args)  # what OpenCLIP's main() calls
     assert recorded.calls == [
         {"backend": "gloo", "init_method": "env://", "world_size": 4, "rank": 3,
-         "timeout": datetime.timedelta(seconds=12.5)},
+         "join_timeout": datetime.timedelta(seconds=300), "timeout": datetime.timedelta(seconds=12.5)},
         {"peers": (3, 4)}]
     assert (args.rank, args.local_rank, args.world_size, args.distributed) == (3, 1, 4, True)
     assert run.peers == "watch"

@@ -71,10 +71,12 @@ What each hook does (installed by :func:`install_hooks`, per process, before ``m
 - ``open_clip_train.train.zero_shot_eval``: an evaluation begins; the counts of the evaluation
   datasets restart, and ``broken_train_samples`` (the last epoch, all ranks) and
   ``broken_imagenet-val_samples`` join the metrics ``evaluate()`` logs and writes to ``results.jsonl``.
-- ``init_distributed_device``: OpenCLIP's, with ``torch.distributed.init_process_group`` given
-  ``--dist-timeout`` while it runs (OpenCLIP passes no timeout); then every rank of a distributed run
-  starts its heartbeat in the process group's store (:class:`training.reliability.PeerWatch`), so
-  that after a failed collective operation ``training.main`` names the ranks that were lost.
+- ``init_distributed_device``: OpenCLIP's, with ``torch.distributed.init_process_group`` replaced by
+  :func:`training.reliability.init_process_group_with_timeouts` while it runs, which gives the
+  rendezvous ``--dist-join-timeout`` and the process group ``--dist-timeout`` (OpenCLIP passes no
+  timeout); then every rank of a distributed run starts its heartbeat in the process group's store
+  (:class:`training.reliability.PeerWatch`), so that after a failed collective operation
+  ``training.main`` names the ranks that were lost.
 - ``pt_load`` (``--resume``): :func:`training.reliability.load_checkpoint` (weights_only loading);
   compares the CLOOB settings a training checkpoint records with the command line's and stops on a
   difference unless ``--allow-changed-settings`` (:func:`training.reliability.resumed_settings_history`);
@@ -122,7 +124,8 @@ from training.data_checks import (
     BadSampleCounter, CheckedCsvDataset, SkipUnreadableImages, WebdatasetSampleCheck, check_shards, collate_readable)
 from training.reliability import (
     ContinuedDraw, EpochSession, NonFiniteGuard, PeerWatch, PreemptionSignal, ResumeState, StepLoader, atomic_save,
-    load_checkpoint, resumed_settings_history, resampling_seed, sample_shuffle_seed, sum_over_ranks)
+    init_process_group_with_timeouts, load_checkpoint, resumed_settings_history, resampling_seed, sample_shuffle_seed,
+    sum_over_ranks)
 from training.scheduler import cosine_restarts_lr, hopfield_warmin_weight
 
 
@@ -170,9 +173,9 @@ HOOKS: Tuple[Hook, ...] = (
          ("model", "data", "epoch", "args", "tokenizer")),
     Hook("open_clip_train.main", "pt_load", "open_clip_train.main.main", ("file_path", "map_location")),
     Hook("open_clip_train.main", "init_distributed_device", "open_clip_train.main.main", ("args",)),
-    # Replaced only while OpenCLIP's init_distributed_device runs (_process_group_timeout).
+    # Replaced only while OpenCLIP's init_distributed_device runs (_process_group_timeouts).
     Hook("torch.distributed", "init_process_group", "open_clip_train.distributed.init_distributed_device_so",
-         ("backend", "init_method", "timeout", "world_size", "rank")),
+         ("backend", "init_method", "timeout", "world_size", "rank", "store")),
     Hook("torch", "save", "open_clip_train.main.main", ("obj", "f")),
 )
 
@@ -187,6 +190,8 @@ CALLED: Dict[str, Tuple[str, ...]] = {
     "open_clip_train.data.expand_urls": ("urls", "weights"),
     # Its instance is the first stage of a resampled pipeline; worker_seed() + epoch seeds its draws.
     "open_clip_train.data.ResampledShards2": ("urls", "weights", "nshards", "worker_seed", "deterministic", "epoch"),
+    # init_process_group_with_timeouts: the rendezvous of init_process_group, with its own timeout.
+    "torch.distributed.rendezvous": ("url", "rank", "world_size"),
     # The store of the default process group, where training.reliability.PeerWatch keeps its heartbeats.
     "torch.distributed.distributed_c10d._get_default_store": (),
 }
@@ -326,17 +331,21 @@ def _while_building_webdataset(check: WebdatasetSampleCheck, shuffle_seed: int) 
 
 
 @contextlib.contextmanager
-def _process_group_timeout(seconds: Optional[float]) -> Iterator[None]:
-    """While OpenCLIP initialises the process group, ``init_process_group`` gets ``timeout=seconds``.
+def _process_group_timeouts(join_seconds: Optional[float], seconds: Optional[float]) -> Iterator[None]:
+    """While OpenCLIP initialises the process group, ``init_process_group`` is
+    :func:`training.reliability.init_process_group_with_timeouts`: the ranks wait ``join_seconds`` for
+    each other, then collective operations time out after ``seconds``.
 
-    OpenCLIP's ``init_distributed_device`` passes no timeout (torch's default then applies: 30 min
-    for gloo, 10 min for NCCL); ``None`` leaves it so.
+    OpenCLIP's ``init_distributed_device`` passes no timeout (torch's default then applies to both:
+    30 min, 10 min for NCCL's operations); both ``None`` leave it so.
     """
-    if seconds is None:
+    if join_seconds is None and seconds is None:
         yield
         return
-    torch.distributed.init_process_group = partial(_torch_init_process_group,
-                                                   timeout=datetime.timedelta(seconds=seconds))
+    torch.distributed.init_process_group = partial(
+        init_process_group_with_timeouts,
+        join_timeout=None if join_seconds is None else datetime.timedelta(seconds=join_seconds),
+        timeout=None if seconds is None else datetime.timedelta(seconds=seconds))
     try:
         yield
     finally:
@@ -425,9 +434,9 @@ class Run:
         return self.args
 
     def init_distributed_device(self, args: argparse.Namespace) -> torch.device:
-        """OpenCLIP's ``init_distributed_device`` with ``--dist-timeout``; a distributed run's ranks start
-        their heartbeats (:class:`~training.reliability.PeerWatch`)."""
-        with _process_group_timeout(args.dist_timeout):
+        """OpenCLIP's ``init_distributed_device`` with ``--dist-join-timeout`` and ``--dist-timeout``; a
+        distributed run's ranks start their heartbeats (:class:`~training.reliability.PeerWatch`)."""
+        with _process_group_timeouts(args.dist_join_timeout, args.dist_timeout):
             device = _openclip_init_distributed_device(args)
         if args.distributed and not args.horovod:
             self.peers = PeerWatch.of_process_group(args.rank, args.world_size)

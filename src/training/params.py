@@ -158,12 +158,18 @@ def add_reliability_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
              "(default 1000).")
     group.add_argument(
         "--dist-timeout", type=_checked(float, settings.check_positive), default=None, metavar="SECONDS",
-        help="Timeout of the distributed process group (init_process_group's timeout): a rendezvous or "
+        help="Timeout of the distributed process group's operations once its ranks have joined: a "
              "collective operation that waits longer for another rank fails, and every surviving rank "
              "stops with status 1 and a message naming the ranks (and nodes) that stopped responding; "
              "the last checkpoint is kept, a resubmitted or requeued job resumes from it. Set it above "
              "the longest time one rank works alone (the logging rank's evaluation and checkpoint "
              "writing). Default: torch's (30 min for gloo, 10 min for NCCL). docs/clusters.md.")
+    group.add_argument(
+        "--dist-join-timeout", type=_checked(float, settings.check_positive), default=None, metavar="SECONDS",
+        help="How long the ranks of a distributed run wait for each other at the start (the rendezvous "
+             "in the store on the first node); a rank that has not joined by then fails the start. "
+             "Separate from --dist-timeout, so that a short one does not fail a start in which one "
+             "node launches late. Default: torch's (30 min).")
     return parser
 
 

@@ -29,6 +29,7 @@ atomically (:func:`open_clip_cloob.checkpoint.save_torch`).
 """
 import argparse
 import atexit
+import datetime
 import glob
 import logging
 import os
@@ -44,6 +45,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 import fsspec
 import numpy as np
 import torch
+from torch.distributed import distributed_c10d
 from torch.utils.data import BatchSampler, RandomSampler
 
 from open_clip_cloob.checkpoint import HISTORY_KEY, PARTIAL_GLOB, RESUME_KEY, cloob_metadata, load_torch, save_torch
@@ -241,6 +243,31 @@ def any_rank(flag: Union[bool, torch.Tensor]) -> bool:
 def sum_over_ranks(value: int) -> int:
     """The sum of ``value`` over all ranks; every rank must call this at the same point."""
     return _all_reduce_int(value, torch.distributed.ReduceOp.SUM)
+
+
+def init_process_group_with_timeouts(backend: Optional[str] = None, init_method: Optional[str] = None,
+                                     world_size: int = -1, rank: int = -1, *,
+                                     join_timeout: Optional[datetime.timedelta] = None,
+                                     timeout: Optional[datetime.timedelta] = None) -> None:
+    """``torch.distributed.init_process_group`` with one timeout for the ranks to join, another after.
+
+    The rendezvous (``init_method``, default ``env://``) waits up to ``join_timeout`` for every rank
+    to join the store; the process group's collective operations and its store then time out after
+    ``timeout``. torch takes one timeout for both, so a short one, chosen to notice a lost rank soon,
+    would also fail a start in which one node's processes launch late (a node still cleaning up a
+    requeued job, a cold file system). ``None``: torch's defaults (30 min to join; 30 min for gloo's,
+    10 min for NCCL's operations).
+    """
+    store, rank, world_size = next(torch.distributed.rendezvous(
+        init_method or "env://", rank, world_size,
+        timeout=join_timeout or torch.distributed.constants.default_pg_timeout))
+    if timeout is not None:
+        store.set_timeout(timeout)
+    # The prefix init_process_group gives the store it creates: keys of the store's other users
+    # (torchrun's agent) stay apart. Called in distributed_c10d: training.openclip_hooks puts this
+    # function in torch.distributed's namespace while OpenCLIP initialises.
+    distributed_c10d.init_process_group(backend, store=torch.distributed.PrefixStore("default_pg", store),
+                                        world_size=world_size, rank=rank, timeout=timeout)
 
 
 class PeerWatch:
