@@ -12,22 +12,28 @@
   after it; a rank whose peer never joins fails the start after the join timeout
   (``--dist-join-timeout``).
 """
+import datetime
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 from PIL import Image
+from torch.distributed import distributed_c10d
 
+import training_process
 from conftest import TINY_MODEL, free_port, launch, training_argv
 from open_clip_cloob import CloobLoss
 from open_clip_cloob.checkpoint import CheckpointError
 from cloob_tools.data import load_fashion_mnist, make_captions
-from training.reliability import NonFiniteGuard, PeerWatch, load_checkpoint, sum_over_ranks
+from training.reliability import (
+    NonFiniteGuard, PeerWatch, init_process_group_with_timeouts, load_checkpoint, sum_over_ranks)
 
 
 @pytest.fixture
@@ -215,57 +221,55 @@ def test_a_heartbeat_nobody_stopped_ends_with_the_interpreter_not_in_an_abort():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-# One rank of a gloo process group on loopback: RANK_DELAY seconds late, it joins with the given
-# timeouts; rank 1 then stays away from the first collective for longer than the operations' timeout.
-_TIMED_RANK = """
-import datetime, json, os, sys, time
-import torch, torch.distributed as dist
-from training.reliability import init_process_group_with_timeouts
-join_s, operations_s = float(os.environ["JOIN_S"]), float(os.environ["OPERATIONS_S"])
-time.sleep(float(os.environ["RANK_DELAY"]))
-start = time.monotonic()
-try:
-    init_process_group_with_timeouts("gloo", join_timeout=datetime.timedelta(seconds=join_s),
-                                     timeout=datetime.timedelta(seconds=operations_s))
-except Exception as error:
-    print(json.dumps({"joined": False, "waited": time.monotonic() - start, "error": f"{type(error).__name__}: {error}"}))
-    sys.exit(0)
-report = {"joined": True, "waited": time.monotonic() - start,
-          "store_timeout": dist.distributed_c10d._get_default_store().timeout.total_seconds()}
-if dist.get_rank() == 1:
-    time.sleep(2 * operations_s)
-else:
+def _timed_rank(rank: int, world_size: int, port: int, delay: float, join_s: float, operations_s: float,
+                report_file: str) -> None:
+    """One rank of a gloo process group on loopback: ``delay`` seconds late, it joins with the given
+    timeouts; rank 1 then stays away from the first collective for longer than the operations' timeout.
+    Writes what it saw to ``report_file`` (JSON)."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    time.sleep(delay)
     start = time.monotonic()
     try:
-        dist.all_reduce(torch.ones(1))
-        report["collective"] = "completed"
-    except RuntimeError as error:
-        report["collective"] = str(error)
-    report["collective_waited"] = time.monotonic() - start
-print(json.dumps(report))
-"""
+        init_process_group_with_timeouts("gloo", join_timeout=datetime.timedelta(seconds=join_s),
+                                         timeout=datetime.timedelta(seconds=operations_s))
+    except Exception as error:
+        report = {"joined": False, "waited": time.monotonic() - start, "error": f"{type(error).__name__}: {error}"}
+    else:
+        report = {"joined": True, "waited": time.monotonic() - start,
+                  "store_timeout": distributed_c10d._get_default_store().timeout.total_seconds()}
+        if rank == 1:
+            time.sleep(2 * operations_s)
+        else:
+            start = time.monotonic()
+            try:
+                torch.distributed.all_reduce(torch.ones(1))
+                report["collective"] = "completed"
+            except RuntimeError as error:
+                report["collective"] = str(error)
+            report["collective_waited"] = time.monotonic() - start
+    Path(report_file).write_text(json.dumps(report))
 
 
-def _timed_rank(rank: int, world_size: int, port: int, delay: float, join_s: float,
-                operations_s: float) -> subprocess.Popen:
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-           "WORLD_SIZE": str(world_size), "RANK_DELAY": str(delay), "JOIN_S": str(join_s),
-           "OPERATIONS_S": str(operations_s), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _TIMED_RANK], env=env, stdout=subprocess.PIPE, text=True)
-
-
-def test_a_rank_that_joins_later_than_the_operations_timeout_starts_and_operations_keep_their_timeout():
+def test_a_rank_that_joins_later_than_the_operations_timeout_starts_and_operations_keep_their_timeout(tmp_path):
     operations_s, join_s = 1.0, 60.0
     pair_port, alone_port = free_port(), free_port()
-    processes = [_timed_rank(0, 2, pair_port, 0, join_s, operations_s),
-                 _timed_rank(1, 2, pair_port, 3 * operations_s, join_s, operations_s),
-                 # A rank whose peer never comes: the start fails after the join timeout, here the short one.
-                 _timed_rank(0, 2, alone_port, 0, operations_s, join_s)]
+    reports = [tmp_path / f"{name}.json" for name in ("rank_0", "rank_1", "alone")]
+    # Forked from the suite's fork server, which has imported torch and this package.
+    processes = [training_process.CONTEXT.Process(target=_timed_rank, args=args) for args in (
+        (0, 2, pair_port, 0, join_s, operations_s, str(reports[0])),
+        (1, 2, pair_port, 3 * operations_s, join_s, operations_s, str(reports[1])),
+        # A rank whose peer never comes: the start fails after the join timeout, here the short one.
+        (0, 2, alone_port, 0, operations_s, join_s, str(reports[2])))]
+    for process in processes:
+        process.start()
     try:
-        rank_0, rank_1, alone = (json.loads(process.communicate(timeout=120)[0]) for process in processes)
+        for process in processes:
+            process.join(timeout=120)
     finally:
         for process in processes:
             process.kill()
+    rank_0, rank_1, alone = (json.loads(report.read_text()) for report in reports)
     assert rank_0["joined"] and rank_1["joined"], (rank_0, rank_1)
     assert rank_0["waited"] > operations_s, rank_0  # rank 1 came later than the operations' timeout
     # The collective operations and the store (PeerWatch's heartbeats) time out after the short one,

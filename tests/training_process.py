@@ -18,14 +18,15 @@ import subprocess
 import sys
 from typing import Mapping, Optional, Sequence
 
-_CONTEXT = multiprocessing.get_context("forkserver")
-# The suite's one fork server (test_distributed_loss's workers come from it too) imports these once.
+CONTEXT = multiprocessing.get_context("forkserver")
+# The suite's one fork server (the process-group workers of test_distributed_loss and
+# test_reliability_faults come from it too) imports these once.
 # It holds no threads, so forking it is safe. Python 3.11's fork server ignores the parent's
 # sys.path: only modules that site-packages or PYTHONPATH reach can be preloaded.
 # training.main imports OpenCLIP's training code and its hooks when it runs (a missing [train] extra
 # is then a one-line error), so those are preloaded by name.
 FORKSERVER_PRELOAD = ["pytest", "training.main", "training.openclip_hooks"]
-_CONTEXT.set_forkserver_preload(FORKSERVER_PRELOAD)
+CONTEXT.set_forkserver_preload(FORKSERVER_PRELOAD)
 
 
 def _run(argv: Sequence[str], log_file: str, env: Mapping[str, str], new_session: bool) -> None:
@@ -65,7 +66,7 @@ class TrainingProcess:
 
     def __init__(self, argv: Sequence[str], log_file: os.PathLike, env: Mapping[str, str], new_session: bool):
         self.args = ["training.main", *argv]
-        self._process = _CONTEXT.Process(target=_run, args=(list(argv), os.fspath(log_file), dict(env), new_session))
+        self._process = CONTEXT.Process(target=_run, args=(list(argv), os.fspath(log_file), dict(env), new_session))
         self._process.start()
         self.pid = self._process.pid
 
