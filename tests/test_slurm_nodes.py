@@ -19,10 +19,11 @@ the module are submitted together and run side by side:
   ``training.main`` does): every case of tests/test_distributed_loss.py gives the loss of one process
   on the global batch, in the default mode and with ``local_loss``, and with ``gather_with_grad`` its
   gradient too.
-- A lost node: ``train_slurm.sbatch`` on 2 nodes x 1 task with ``--dist-timeout`` and step
-  checkpoints; node2's link is cut mid-run. Rank 0 stops within the timeout (plus the heartbeat
-  check) with a message naming rank 1 on node2, SLURM marks node2 DOWN and requeues the job; once
-  the link is back, the job resumes from the last step checkpoint, which stayed loadable, and ends.
+- A lost node: ``train_slurm.sbatch`` on 2 nodes x 1 task with ``--dist-timeout``,
+  ``--dist-join-timeout`` and step checkpoints; node2's link is cut mid-run. Rank 0 stops within
+  the timeout (plus the heartbeat check) with a message naming rank 1 on node2, SLURM marks node2
+  DOWN and requeues the job; once the link is back, the job resumes from the last step checkpoint,
+  which stayed loadable, and ends.
 - ``train_torchrun.sh`` with ``NNODES=2``: one launcher per node in its namespace, c10d rendezvous on
   node1, one worker each: trains to the end.
 - The cluster leaves nothing behind after a failing test: daemons, job processes, namespaces, links.
@@ -54,6 +55,9 @@ TIME_LIMIT_MIN = 30
 TIMEOUT_S = 600
 # The lost-node job: rank 0 waits this long for the lost rank, then checks the heartbeats (2 intervals).
 DIST_TIMEOUT_S = 10
+# ...and its ranks this long for each other at a start: the requeued attempt's rank on node2 can start
+# later than DIST_TIMEOUT_S after rank 0 (node2 still ending the first attempt's task).
+JOIN_TIMEOUT_S = 300
 STEPS_2X1 = 512 // (2 * BATCH_SIZE)  # one epoch of small_csv's 512 images on 2 ranks: 16 steps
 LOST_SAVE_EVERY = 3
 # What the lost node's survivor may take to stop: the timeout, the heartbeat check, the step it was in.
@@ -94,6 +98,7 @@ def jobs(cluster, tmp_path_factory, fashion_mnist_data, tiny_model_config) -> Di
                                 logs / "preempted", [*_two_nodes(1), "--hold"]),
         "lost": submit_job(cluster, "train_slurm.sbatch",
                            small_csv_argv(logs, "lost", data, *one_epoch, "--dist-timeout", str(DIST_TIMEOUT_S),
+                                          "--dist-join-timeout", str(JOIN_TIMEOUT_S),
                                           "--save-every-n-steps", str(LOST_SAVE_EVERY)),
                            logs / "lost", [*_two_nodes(1), "--hold"]),
         "loss": Job(cluster.submit(None, options=[
@@ -159,7 +164,8 @@ def test_a_lost_node_ends_the_job_within_the_timeout_naming_it_and_the_requeued_
     job = jobs["lost"]
     out_log = job.run / "out.log"
     attempts = PreemptedJob.release(cluster, job, 2, TIMEOUT_S, "sbatch --hold --nodes=2 --ntasks-per-node=1, "
-                                    f"--dist-timeout {DIST_TIMEOUT_S}, --save-every-n-steps {LOST_SAVE_EVERY}")
+                                    f"--dist-timeout {DIST_TIMEOUT_S}, --dist-join-timeout {JOIN_TIMEOUT_S}, "
+                                    f"--save-every-n-steps {LOST_SAVE_EVERY}")
     timeline = attempts.timeline
     attempts.wait("the first step checkpoint", lambda _: "Saved step checkpoint" in read_text(out_log))
     # Paused at once (SLURM delivers the signal asynchronously: wait until both ranks are stopped),
