@@ -10,7 +10,8 @@
 - Real gloo process groups on loopback: a rank that joins later than the operations' timeout
   (``--dist-timeout``) still starts the run, whose collective operations and store then time out
   after it; a rank whose peer never joins fails the start after the join timeout
-  (``--dist-join-timeout``).
+  (``--dist-join-timeout``), and ``training.main`` then stops with status 1 and a message naming
+  the rendezvous.
 """
 import datetime
 import json
@@ -277,5 +278,26 @@ def test_a_rank_that_joins_later_than_the_operations_timeout_starts_and_operatio
     assert rank_0["store_timeout"] == rank_1["store_timeout"] == operations_s
     assert "Timed out" in rank_0["collective"], rank_0
     assert operations_s <= rank_0["collective_waited"] < join_s / 2, rank_0
-    assert not alone["joined"] and "waiting for clients" in alone["error"], alone
+    # ...naming the rendezvous, the timeout and its flag, with torch's reason.
+    assert not alone["joined"] and alone["error"].startswith(
+        f"JoinError: not every rank joined the rendezvous at 127.0.0.1:{alone_port} within 1 s "
+        "(--dist-join-timeout): DistStoreError: "), alone
+    assert "waiting for clients" in alone["error"], alone
     assert operations_s <= alone["waited"] < join_s / 2, alone
+
+
+@pytest.mark.slow
+def test_a_run_whose_peer_never_joins_stops_with_status_1_naming_the_rendezvous(tmp_path, fashion_mnist_data,
+                                                                               tiny_model_config):
+    # Rank 0 of 2 as torchrun would start it; rank 1 never comes.
+    port = free_port()
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0"}
+    argv = training_argv(tmp_path, "alone", "--train-data", str(fashion_mnist_data["small_csv"]),
+                         "--batch-size", "16", "--epochs", "1", "--dist-join-timeout", "1")
+    process = launch(argv, tmp_path / "alone.stdout", env=env)
+    assert process.wait(timeout=120) == 1
+    output = (tmp_path / "alone.stdout").read_text()
+    assert (f"JoinError: not every rank joined the rendezvous at 127.0.0.1:{port} within 1 s "
+            "(--dist-join-timeout): DistStoreError: ") in output, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]

@@ -37,7 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     openclip_main = cli.require("open_clip_train.main", extra="train", purpose=f"{PROG} runs OpenCLIP's training")
     from training.data_checks import BadDataError
     from training.openclip_hooks import install_hooks
-    from training.reliability import PREEMPTED_EXIT_CODE, ChangedSettingsError, NumericFaultError, Preempted
+    from training.reliability import (
+        PREEMPTED_EXIT_CODE, ChangedSettingsError, JoinError, NumericFaultError, Preempted)
 
     add_model_configs(args.add_model_config)
     run = install_hooks(args)
@@ -46,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Preempted as stop:
         logging.warning("Preempted: %s", stop)
         return PREEMPTED_EXIT_CODE
-    except (BadDataError, NumericFaultError, CheckpointError, ChangedSettingsError, OSError) as error:
+    except (BadDataError, NumericFaultError, CheckpointError, ChangedSettingsError, JoinError, OSError) as error:
         logging.error("%s: %s", type(error).__name__, error)
         return 1
     except RuntimeError as error:

@@ -334,14 +334,9 @@ def _while_building_webdataset(check: WebdatasetSampleCheck, shuffle_seed: int) 
 def _process_group_timeouts(join_seconds: Optional[float], seconds: Optional[float]) -> Iterator[None]:
     """While OpenCLIP initialises the process group, ``init_process_group`` is
     :func:`training.reliability.init_process_group_with_timeouts`: the ranks wait ``join_seconds`` for
-    each other, then collective operations time out after ``seconds``.
-
-    OpenCLIP's ``init_distributed_device`` passes no timeout (torch's default then applies to both:
-    30 min, 10 min for NCCL's operations); both ``None`` leave it so.
+    each other, then collective operations time out after ``seconds`` (OpenCLIP passes no timeout;
+    ``None``: torch's defaults).
     """
-    if join_seconds is None and seconds is None:
-        yield
-        return
     torch.distributed.init_process_group = partial(
         init_process_group_with_timeouts,
         join_timeout=None if join_seconds is None else datetime.timedelta(seconds=join_seconds),

@@ -75,6 +75,10 @@ class NumericFaultError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
 
 
+class JoinError(RuntimeError):
+    """The ranks of a distributed run did not all join its rendezvous within the join timeout."""
+
+
 def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
     """Training's ``torch.save``: :func:`~open_clip_cloob.checkpoint.save_torch` (a path is written atomically).
 
@@ -256,11 +260,18 @@ def init_process_group_with_timeouts(backend: Optional[str] = None, init_method:
     ``timeout``. torch takes one timeout for both, so a short one, chosen to notice a lost rank soon,
     would also fail a start in which one node's processes launch late (a node still cleaning up a
     requeued job, a cold file system). ``None``: torch's defaults (30 min to join; 30 min for gloo's,
-    10 min for NCCL's operations).
+    10 min for NCCL's operations). A rank that does not see every rank join in time raises
+    :class:`JoinError`, naming the rendezvous.
     """
-    store, rank, world_size = next(torch.distributed.rendezvous(
-        init_method or "env://", rank, world_size,
-        timeout=join_timeout or torch.distributed.constants.default_pg_timeout))
+    url, join_timeout = init_method or "env://", join_timeout or torch.distributed.constants.default_pg_timeout
+    try:
+        store, rank, world_size = next(torch.distributed.rendezvous(url, rank, world_size, timeout=join_timeout))
+    except torch.distributed.DistError as error:
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}" if url == "env://" else url
+        reason = str(error).splitlines()[0].rstrip(".")
+        raise JoinError(f"not every rank joined the rendezvous at {where} within {join_timeout.total_seconds():g} s "
+                        f"(--dist-join-timeout): {type(error).__name__}: {reason}; check that every node started "
+                        "its task") from error
     if timeout is not None:
         store.set_timeout(timeout)
     # The prefix init_process_group gives the store it creates: keys of the store's other users
