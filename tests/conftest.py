@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Union
 
 import open_clip
 import pytest
@@ -132,7 +132,7 @@ def small_csv_argv(logs: Path, name: str, data: Dict[str, object], *flags: str) 
 
 EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 FIRST_TEST_PORT = 15000
-_issued_ports: set = set()
+_issued_ports: Set[int] = set()
 
 
 def first_ephemeral_port() -> int:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import open_clip
 import pytest
@@ -222,14 +223,25 @@ def test_a_heartbeat_nobody_stopped_ends_with_the_interpreter_not_in_an_abort():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _timed_rank(rank: int, world_size: int, port: int, delay: float, join_s: float, operations_s: float,
-                report_file: str) -> None:
-    """One rank of a gloo process group on loopback: ``delay`` seconds late, it joins with the given
-    timeouts; rank 1 then stays away from the first collective for longer than the operations' timeout.
-    Writes what it saw to ``report_file`` (JSON)."""
+def _wait_for_file(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _timed_rank(rank: int, world_size: int, port: int, join_s: float, operations_s: float, report_file: str,
+                rank_0_report: Optional[str] = None) -> None:
+    """One rank of a gloo process group on loopback, joining with the given timeouts; writes what it
+    saw to ``report_file`` (JSON), after writing ``REPORT.waiting`` as it starts to wait.
+
+    With ``rank_0_report`` (rank 1): it joins 3 operation timeouts after rank 0 began to wait, then
+    stays away from the first collective until rank 0 has reported on it."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
-    time.sleep(delay)
+    if rank_0_report is not None:
+        _wait_for_file(Path(f"{rank_0_report}.waiting"))
+        time.sleep(3 * operations_s)
+    Path(f"{report_file}.waiting").touch()
     start = time.monotonic()
     try:
         init_process_group_with_timeouts("gloo", join_timeout=datetime.timedelta(seconds=join_s),
@@ -239,8 +251,8 @@ def _timed_rank(rank: int, world_size: int, port: int, delay: float, join_s: flo
     else:
         report = {"joined": True, "waited": time.monotonic() - start,
                   "store_timeout": distributed_c10d._get_default_store().timeout.total_seconds()}
-        if rank == 1:
-            time.sleep(2 * operations_s)
+        if rank_0_report is not None:
+            _wait_for_file(Path(rank_0_report))
         else:
             start = time.monotonic()
             try:
@@ -255,13 +267,13 @@ def _timed_rank(rank: int, world_size: int, port: int, delay: float, join_s: flo
 def test_a_rank_that_joins_later_than_the_operations_timeout_starts_and_operations_keep_their_timeout(tmp_path):
     operations_s, join_s = 1.0, 60.0
     pair_port, alone_port = free_port(), free_port()
-    reports = [tmp_path / f"{name}.json" for name in ("rank_0", "rank_1", "alone")]
+    reports = [str(tmp_path / f"{name}.json") for name in ("rank_0", "rank_1", "alone")]
     # Forked from the suite's fork server, which has imported torch and this package.
     processes = [training_process.CONTEXT.Process(target=_timed_rank, args=args) for args in (
-        (0, 2, pair_port, 0, join_s, operations_s, str(reports[0])),
-        (1, 2, pair_port, 3 * operations_s, join_s, operations_s, str(reports[1])),
+        (0, 2, pair_port, join_s, operations_s, reports[0]),
+        (1, 2, pair_port, join_s, operations_s, reports[1], reports[0]),
         # A rank whose peer never comes: the start fails after the join timeout, here the short one.
-        (0, 2, alone_port, 0, operations_s, join_s, str(reports[2])))]
+        (0, 2, alone_port, operations_s, join_s, reports[2]))]
     for process in processes:
         process.start()
     try:
@@ -270,9 +282,9 @@ def test_a_rank_that_joins_later_than_the_operations_timeout_starts_and_operatio
     finally:
         for process in processes:
             process.kill()
-    rank_0, rank_1, alone = (json.loads(report.read_text()) for report in reports)
+    rank_0, rank_1, alone = (json.loads(Path(report).read_text()) for report in reports)
     assert rank_0["joined"] and rank_1["joined"], (rank_0, rank_1)
-    assert rank_0["waited"] > operations_s, rank_0  # rank 1 came later than the operations' timeout
+    assert rank_0["waited"] > 3 * operations_s, rank_0  # rank 1 came later than the operations' timeout
     # The collective operations and the store (PeerWatch's heartbeats) time out after the short one,
     # not the long one.
     assert rank_0["store_timeout"] == rank_1["store_timeout"] == operations_s
